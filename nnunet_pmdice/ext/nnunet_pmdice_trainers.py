@@ -1,0 +1,13 @@
+"""The module nnU-Net imports from ``nnUNet_extTrainer``: a re-export of :mod:`nnunet_pmdice.trainers`.
+
+nnU-Net imports every module of an external trainer folder as a top-level module and removes it from
+``sys.modules`` afterwards, so nothing may be defined here: classes defined in this file could not be
+pickled. Names with options (``nnUNetTrainerPMDice_g2_bg1``) are resolved by the package's
+module-level ``__getattr__``.
+"""
+from nnunet_pmdice import trainers as _trainers
+from nnunet_pmdice.trainers import *  # noqa: F401,F403
+
+
+def __getattr__(name):
+    return getattr(_trainers, name)
