@@ -1,0 +1,121 @@
+"""Shared fixtures: a private nnU-Net folder tree and tiny synthetic datasets planned by the real nnU-Net.
+
+Integration tests drive nnU-Net's own command-line tools in subprocesses, on the CPU, exactly as a
+user would. The environment keeps them fast on a 2-core machine:
+
+- ``nnUNet_def_n_proc=1``: nnU-Net's export / preprocessing pools spawn one worker, not 8 (each
+  spawned worker imports torch, which dominates on tiny data);
+- ``nnUNet_n_proc_DA=0`` for ``nnUNetv2_train`` only: augmentation in the main process (the planner
+  needs it >= 1);
+- ``nnUNet_compile=f``: nnU-Net's own switch, also honoured by the plugin.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: dataset ids used by the shared fixtures (kept clear of the ids tests create themselves)
+DATASETS = {
+    "polyp2d": (901, "2d", dict(num_train=8, num_test=2, size=(64, 64))),
+    "cardiac3d": (902, "3d_fullres", dict(num_train=6, num_test=2, size=(8, 40, 40))),
+    "regions3d": (903, "3d_fullres", dict(num_train=6, num_test=2, size=(8, 40, 40), regions=True)),
+}
+
+
+def nnunet_env(root: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="1", nnUNet_compile="f",
+               PYTHONUNBUFFERED="1")
+    for k in ("raw", "preprocessed", "results"):
+        (root / k).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run_cli(args: List[str], env: Dict[str, str], timeout: float = 600, cwd=None) -> subprocess.CompletedProcess:
+    """Runs a command-line tool; on failure the assertion shows the end of its output."""
+    env = dict(env)
+    if args[0] == "nnUNetv2_train":
+        env["nnUNet_n_proc_DA"] = "0"
+    res = subprocess.run(args, env=env, cwd=cwd or env.get("nnUNet_results"), capture_output=True, text=True,
+                         timeout=timeout)
+    if res.returncode != 0:
+        tail = (res.stdout + "\n" + res.stderr)[-6000:]
+        raise AssertionError(f"{' '.join(args)} exited with {res.returncode}:\n{tail}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def nnunet_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nnunet")
+
+
+@pytest.fixture(scope="session")
+def env(nnunet_root) -> Dict[str, str]:
+    return nnunet_env(nnunet_root)
+
+
+class Prepared:
+    """A synthetic dataset written, planned and preprocessed by the real nnU-Net."""
+
+    def __init__(self, kind: str, env: Dict[str, str]):
+        from nnunet_pmdice.synthetic import generate
+        self.kind = kind
+        self.dataset_id, self.config, kwargs = DATASETS[kind]
+        self.env = env
+        synth_kind = "cardiac3d" if kind == "regions3d" else kind
+        self.raw = generate(synth_kind, env["nnUNet_raw"], self.dataset_id, seed=self.dataset_id, **kwargs)
+        run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(self.dataset_id), "-c", self.config, "-np", "1",
+                 "--verify_dataset_integrity"], env)
+        self.name = self.raw.name
+        self.preprocessed = Path(env["nnUNet_preprocessed"]) / self.name
+
+    def results_folder(self, trainer: str) -> Path:
+        return Path(self.env["nnUNet_results"]) / self.name / f"{trainer}__nnUNetPlans__{self.config}"
+
+    def train(self, trainer: str, fold: int = 0, extra: List[str] = ()) -> Path:
+        run_cli(["nnUNetv2_train", str(self.dataset_id), self.config, str(fold), "-tr", trainer, "-device", "cpu",
+                 *extra], self.env)
+        return self.results_folder(trainer) / f"fold_{fold}"
+
+    def predict(self, trainer: str, out: Path, fold: int = 0) -> Path:
+        run_cli(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(out), "-d", str(self.dataset_id),
+                 "-c", self.config, "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1",
+                 "--disable_progress_bar"], self.env)
+        return out
+
+    def plans(self) -> dict:
+        return json.loads((self.preprocessed / "nnUNetPlans.json").read_text())
+
+
+_prepared: Dict[str, Prepared] = {}
+
+
+@pytest.fixture(scope="session")
+def prepared(env):
+    """``prepared("polyp2d")`` -> the planned dataset, made once per test session."""
+
+    def get(kind: str) -> Prepared:
+        if kind not in _prepared:
+            _prepared[kind] = Prepared(kind, env)
+        return _prepared[kind]
+
+    return get
+
+
+def logged_train_losses(fold_folder: Path) -> List[float]:
+    """The per-epoch training losses nnU-Net logged in the final checkpoint."""
+    import torch
+    ckpt = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return [float(v) for v in ckpt["logging"]["train_losses"]]
+
+
+PYTHON = sys.executable
