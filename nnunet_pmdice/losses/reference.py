@@ -14,9 +14,15 @@ import torch
 def reference_pm_dice(logits: torch.Tensor, target: torch.Tensor, gamma: Union[float, Sequence[float]] = 1.0,
                       gamma_bg: Optional[float] = None, batch_dice: bool = False, do_bg: bool = True,
                       smooth: float = 1e-6, squared: bool = True, nonlin: str = "softmax",
-                      loss_mask: Optional[torch.Tensor] = None, detach_modulation: bool = True) -> torch.Tensor:
-    """Eq. 5 of the paper, literally. ``detach_modulation=False`` lets gradient flow through m (the
-    variant the paper warns against), which the tests use to show the difference."""
+                      loss_mask: Optional[torch.Tensor] = None, detach_modulation: bool = True,
+                      modulation_from: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. 5 of the paper, literally.
+
+    ``detach_modulation=False`` lets gradient flow through m (the variant the paper warns against).
+    ``modulation_from`` computes p-hat (and so m) from other logits: with it frozen at a point x0, the
+    loss is a smooth function whose derivative at x0 is exactly the stop-gradient derivative, which
+    the tests check the fused backward against by finite differences.
+    """
     C = logits.shape[1]
     dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(dt)
@@ -31,7 +37,11 @@ def reference_pm_dice(logits: torch.Tensor, target: torch.Tensor, gamma: Union[f
     if gamma_bg is not None:
         gam[0] = float(gamma_bg)
     g = torch.tensor(gam, dtype=dt).view(1, C, *([1] * (p.ndim - 2)))
-    p_hat = p.detach() if detach_modulation else p
+    if modulation_from is not None:
+        xm = modulation_from.detach().to(dt)
+        p_hat = torch.softmax(xm, 1) if nonlin == "softmax" else torch.sigmoid(xm)
+    else:
+        p_hat = p.detach() if detach_modulation else p
     m = (y - p_hat).abs() ** g
     if loss_mask is not None:
         mask = loss_mask.to(dt)

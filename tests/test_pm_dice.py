@@ -1,0 +1,400 @@
+"""PMDiceLoss: hand-computed values, the paper's defining properties, gradients, dtypes, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nnunet_pmdice.losses import PMDiceLoss, VMDiceLoss
+from nnunet_pmdice.losses.reference import reference_pm_dice
+
+EPS = 1e-6
+
+
+def _logits_for_probs(p_fg):
+    """Two-class logits (1, 2, *shape) whose softmax gives foreground probability ``p_fg``."""
+    p = torch.as_tensor(p_fg, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))])[None]
+
+
+def _dice(inter, denom, eps=EPS):
+    return (2 * inter + eps) / (denom + eps)
+
+
+# Two pixels: pixel 0 is foreground predicted 0.75, pixel 1 is background predicted 0.5 (foreground prob).
+P_FG = [[0.75, 0.5]]
+LABELS = torch.tensor([[[[1, 0]]]])
+
+
+def test_hand_computed_gamma_1():
+    # class 1: y=[1,0], p=[.75,.5], m=|y-p|=[.25,.5]: I=.25*.75, D=.25*(1+.75^2)+.5*(.5^2)
+    # class 0: y=[0,1], p=[.25,.5], m=[.25,.5]:       I=.5*.5,   D=.25*(.25^2)+.5*(1+.5^2)
+    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
+    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
+    loss = PMDiceLoss(gamma=1.0)(_logits_for_probs(P_FG), LABELS)
+    assert loss.item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-12)
+    assert loss.dtype == torch.float64
+
+
+def test_hand_computed_per_class_gamma_and_gamma_bg():
+    # gamma_bg=1 (class 0 as above), gamma_fg=2: m1=[.25^2, .5^2]
+    d1 = _dice(0.0625 * 0.75, 0.0625 * 1.5625 + 0.25 * 0.25)
+    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
+    expected = 1 - (d0 + d1) / 2
+    x = _logits_for_probs(P_FG)
+    assert PMDiceLoss(gamma=2.0, gamma_bg=1.0)(x, LABELS).item() == pytest.approx(expected, abs=1e-12)
+    assert PMDiceLoss(gamma=[1.0, 2.0])(x, LABELS).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_hand_computed_gamma_0_is_eq4_dice():
+    # m = 1: class 1: I=.75, D=(1+.5625)+.25 ; class 0: I=.5, D=.0625+(1+.25)
+    d1 = _dice(0.75, 1.5625 + 0.25)
+    d0 = _dice(0.5, 0.0625 + 1.25)
+    assert PMDiceLoss(gamma=0.0)(_logits_for_probs(P_FG), LABELS).item() == pytest.approx(1 - (d0 + d1) / 2,
+                                                                                          abs=1e-12)
+
+
+def test_hand_computed_linear_denominator_and_no_background():
+    # squared=False: D = sum m*(y+p); do_bg=False keeps class 1 only
+    d1 = _dice(0.1875, 0.25 * 1.75 + 0.5 * 0.5)
+    loss = PMDiceLoss(gamma=1.0, squared=False, do_bg=False)(_logits_for_probs(P_FG), LABELS)
+    assert loss.item() == pytest.approx(1 - d1, abs=1e-12)
+
+
+def test_hand_computed_absent_class_excluded_and_batch_dice():
+    # sample 0 as above; sample 1: both pixels background, predicted fg .25 and .5 -> class 1 absent there
+    x = torch.cat([_logits_for_probs(P_FG), _logits_for_probs([[0.25, 0.5]])])
+    t = torch.tensor([[[[1, 0]]], [[[0, 0]]]])
+    d1_s0 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
+    d0_s0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
+    # sample 1, class 0: y=[1,1], p0=[.75,.5], m=[.25,.5]: I=.25*.75+.5*.5, D=.25*1.5625+.5*1.25
+    d0_s1 = _dice(0.1875 + 0.25, 0.25 * 1.5625 + 0.5 * 1.25)
+    per_sample = PMDiceLoss(gamma=1.0)(x, t).item()
+    assert per_sample == pytest.approx(1 - (d1_s0 + d0_s0 + d0_s1) / 3, abs=1e-12)
+    # batch Dice: class 1 sums over both samples (sample 1 adds m*p^2 = .25*.0625 + .5*.25 to D)
+    d1_b = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25 + 0.25 * 0.0625 + 0.5 * 0.25)
+    d0_b = _dice(0.25 + 0.1875 + 0.25, 0.25 * 0.0625 + 0.5 * 1.25 + 0.25 * 1.5625 + 0.5 * 1.25)
+    assert PMDiceLoss(gamma=1.0, batch_dice=True)(x, t).item() == pytest.approx(1 - (d0_b + d1_b) / 2, abs=1e-12)
+
+
+def test_hand_computed_loss_mask():
+    # masking pixel 1 leaves only pixel 0: class 1 I=.1875, D=.25*1.5625; class 0 absent among counted pixels
+    mask = torch.tensor([[[[1.0, 0.0]]]])
+    d1 = _dice(0.1875, 0.25 * 1.5625)
+    loss = PMDiceLoss(gamma=1.0)(_logits_for_probs(P_FG), LABELS, loss_mask=mask)
+    assert loss.item() == pytest.approx(1 - d1, abs=1e-12)
+
+
+def test_hand_computed_3d_vm_dice():
+    x = _logits_for_probs(P_FG).unsqueeze(-1)  # (1, 2, 1, 2, 1)
+    t = LABELS.unsqueeze(-1)
+    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
+    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
+    assert VMDiceLoss(gamma=1.0)(x, t).item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-12)
+    assert VMDiceLoss is PMDiceLoss
+
+
+def test_hand_computed_sigmoid_mode():
+    # one channel, sigmoid: p=[.75,.5], y=[1,0] -> exactly the "class 1" term above
+    x = torch.log(torch.tensor([[[[0.75 / 0.25, 1.0]]]], dtype=torch.float64))
+    y = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
+    assert PMDiceLoss(gamma=1.0, nonlin="sigmoid")(x, y).item() == pytest.approx(1 - d1, abs=1e-12)
+
+
+def test_one_hot_target_equals_label_map():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 1, 6, 7))
+    onehot = torch.zeros_like(x).scatter_(1, t, 1.0)
+    for kw in (dict(gamma=1.0), dict(gamma=[0.5, 1.0, 2.0], batch_dice=True)):
+        assert PMDiceLoss(**kw)(x, onehot).item() == pytest.approx(PMDiceLoss(**kw)(x, t).item(), abs=1e-12)
+        assert PMDiceLoss(**kw)(x, t[:, 0]).item() == pytest.approx(PMDiceLoss(**kw)(x, t).item(), abs=1e-15)
+
+
+def _eq4_dice(logits, target, smooth=EPS):
+    """Eq. 4 of the paper written from scratch: 1 - mean over present classes of (2 sum yp + e)/(sum y^2+p^2 + e)."""
+    p = torch.softmax(logits, 1)
+    y = torch.zeros_like(p).scatter_(1, target, 1.0)
+    axes = tuple(range(2, p.ndim))
+    dice = (2 * (y * p).sum(axes) + smooth) / ((y * y + p * p).sum(axes) + smooth)
+    present = y.sum(axes) > 0
+    return 1 - dice[present].mean()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (2, 4, 5, 6, 7)])
+def test_gamma_zero_equals_plain_squared_dice(shape):
+    torch.manual_seed(1)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, shape[1], (shape[0], 1) + shape[2:])
+    a = PMDiceLoss(gamma=0.0)(x, t)
+    b = _eq4_dice(x, t)
+    assert a.item() == pytest.approx(b.item(), abs=1e-14)
+    ga, = torch.autograd.grad(a, x)
+    gb, = torch.autograd.grad(b, x)
+    torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-14)
+
+
+def test_no_gradient_through_modulating_term():
+    """The fused gradient equals autograd with p-hat detached, and differs from letting it flow through m."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (2, 1, 8, 8))
+    g_fused, = torch.autograd.grad(PMDiceLoss(gamma=2.0)(x, t), x)
+    g_detached, = torch.autograd.grad(reference_pm_dice(x, t, gamma=2.0), x)
+    g_through, = torch.autograd.grad(reference_pm_dice(x, t, gamma=2.0, detach_modulation=False), x)
+    torch.testing.assert_close(g_fused, g_detached, rtol=1e-9, atol=1e-14)
+    assert (g_fused - g_through).abs().max() > 1e-3
+
+
+OPTIONS = [
+    dict(gamma=1.0),
+    dict(gamma=2.0, gamma_bg=1.0),
+    dict(gamma=0.5, batch_dice=True),
+    dict(gamma=[0.0, 1.0, 5.0], do_bg=False),
+    dict(gamma=1.5, squared=False, batch_dice=True),
+    dict(gamma=3.0, smooth=1e-3),
+]
+
+
+@pytest.mark.parametrize("kw", OPTIONS)
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_reference_float32(kw, ndim, masked):
+    torch.manual_seed(3)
+    spatial = (17, 19) if ndim == 2 else (6, 9, 11)
+    x = (3 * torch.randn(3, 3, *spatial)).requires_grad_()
+    t = torch.randint(0, 3, (3, 1, *spatial))
+    mask = (torch.rand(3, 1, *spatial) > 0.25).float() if masked else None
+    a = PMDiceLoss(**kw)(x, t, mask)
+    b = reference_pm_dice(x, t, loss_mask=mask, **kw)
+    assert a.item() == pytest.approx(b.item(), abs=2e-6)
+    ga, = torch.autograd.grad(a, x)
+    gb, = torch.autograd.grad(b, x)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+    if masked:
+        assert torch.all(ga.masked_select(mask == 0) == 0), "ignored pixels must get no gradient"
+
+
+@pytest.mark.parametrize("kw", [dict(gamma=1.0), dict(gamma=[0.5, 2.0, 1.0], batch_dice=True)])
+def test_sigmoid_matches_reference(kw):
+    torch.manual_seed(4)
+    x = (2 * torch.randn(2, 3, 10, 12)).requires_grad_()
+    y = (torch.rand(2, 3, 10, 12) > 0.7).float()
+    a = PMDiceLoss(nonlin="sigmoid", **kw)(x, y)
+    b = reference_pm_dice(x, y, nonlin="sigmoid", **kw)
+    assert a.item() == pytest.approx(b.item(), abs=2e-6)
+    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0], rtol=1e-4, atol=1e-7)
+
+
+def test_confident_background_keeps_float32_precision():
+    """A large, confidently predicted background keeps its small denominator terms in float32.
+
+    Background pixels are predicted with p = 1 (exactly, in float32), so their own terms vanish and the
+    background denominator is the non-label sum over the 400 foreground pixels (~10.8). Taking it as
+    (sum over all 65536 pixels) - (label terms) in float32 would be off by ~4e-4 relative; the kernel
+    zeroes the label positions before reducing instead.
+    """
+    from nnunet_pmdice.losses._kernels import LabelMapPMDiceSums
+    torch.manual_seed(5)
+    t = torch.zeros(2, 1, 256, 256, dtype=torch.long)
+    t[:, :, 100:120, 100:120] = 1
+    fg = t.bool()[:, 0]
+    x = torch.zeros(2, 2, 256, 256)
+    x[:, 0][~fg] = 30.0
+    x[:, 1][fg] = float(torch.log(torch.tensor(0.7 / 0.3))) + 0.1 * torch.randn(int(fg.sum()))
+    for g in (1.0, 2.0):
+        _, denom32, _, _ = LabelMapPMDiceSums.apply(x, t, None, (g, g), True, False)
+        _, denom64, _, _ = LabelMapPMDiceSums.apply(x.double(), t, None, (g, g), True, False)
+        torch.testing.assert_close(denom32.double(), denom64, rtol=1e-5, atol=0)
+        ref = reference_pm_dice(x.double(), t, gamma=g)
+        assert PMDiceLoss(gamma=g)(x, t).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def _central_difference_grad(f, x0, h=1e-6):
+    grad = torch.zeros_like(x0)
+    flat = x0.detach().clone().view(-1)
+    for i in range(flat.numel()):
+        orig = flat[i].item()
+        flat[i] = orig + h
+        up = f(flat.view_as(x0)).item()
+        flat[i] = orig - h
+        down = f(flat.view_as(x0)).item()
+        flat[i] = orig
+        grad.view(-1)[i] = (up - down) / (2 * h)
+    return grad
+
+
+STOP_GRADIENT_CASES = [
+    dict(shape=(2, 3, 4, 5), kw=dict(gamma=1.0), masked=True),
+    dict(shape=(2, 3, 3, 4, 3), kw=dict(gamma=[2.0, 0.5, 1.0], batch_dice=True), masked=False),
+    dict(shape=(2, 2, 4, 4), kw=dict(gamma=2.0, gamma_bg=1.0, squared=False, do_bg=False), masked=False),
+    dict(shape=(2, 3, 4, 5), kw=dict(gamma=1.5, nonlin="sigmoid"), masked=True),
+]
+
+
+def _case_inputs(case, seed=6):
+    torch.manual_seed(seed)
+    B, C, *sp = case["shape"]
+    x = torch.randn(B, C, *sp, dtype=torch.float64, requires_grad=True)
+    if case["kw"].get("nonlin") == "sigmoid":
+        t = (torch.rand(B, C, *sp) > 0.5).double()
+    else:
+        t = torch.randint(0, C, (B, 1, *sp))
+    mask = (torch.rand(B, 1, *sp) > 0.3).double() if case["masked"] else None
+    return x, t, mask
+
+
+@pytest.mark.parametrize("case", STOP_GRADIENT_CASES)
+def test_backward_is_the_derivative_with_modulation_frozen(case):
+    """float64 finite differences of eq. 5 with p-hat frozen at x0 == the fused analytic gradient at x0.
+
+    (``gradcheck`` on the loss itself cannot pass for gamma > 0: its finite differences also move
+    the modulating term, which by the paper's definition carries no gradient.)
+    """
+    x, t, mask = _case_inputs(case)
+    kw = case["kw"]
+    analytic, = torch.autograd.grad(PMDiceLoss(**kw)(x, t, mask), x)
+    numeric = _central_difference_grad(
+        lambda inp: reference_pm_dice(inp, t, loss_mask=mask, modulation_from=x, **kw), x.detach())
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", [
+    dict(shape=(2, 3, 4, 5), kw=dict(gamma=0.0), masked=True),
+    dict(shape=(2, 3, 3, 4, 3), kw=dict(gamma=0.0, batch_dice=True, squared=False), masked=False),
+    dict(shape=(2, 3, 4, 5), kw=dict(gamma=0.0, nonlin="sigmoid"), masked=True),
+])
+def test_gradcheck_float64_where_the_modulation_is_constant(case):
+    x, t, mask = _case_inputs(case)
+    loss = PMDiceLoss(**case["kw"])
+    assert torch.autograd.gradcheck(lambda inp: loss(inp, t, mask), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_ce_map_shared_softmax():
+    """The CE map returned by the fused kernel (shared log-softmax) has an exact gradient."""
+    from nnunet_pmdice.losses import CEPMDiceLoss
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (2, 1, 4, 5)).double()  # label 3 is the ignore label
+    loss = CEPMDiceLoss(gamma=0.0, ignore_label=3)
+    assert torch.autograd.gradcheck(lambda inp: loss(inp, t), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_double_backward_with_retain_graph_is_consistent():
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    t = torch.randint(0, 3, (2, 1, 8, 8))
+    loss = PMDiceLoss(gamma=2.0)(x, t)
+    g1, = torch.autograd.grad(loss, x, retain_graph=True)
+    g2, = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_gives_finite_float32(dtype):
+    torch.manual_seed(9)
+    x = (4 * torch.randn(2, 3, 32, 32)).to(dtype).requires_grad_()
+    t = torch.randint(0, 3, (2, 1, 32, 32))
+    loss = PMDiceLoss(gamma=2.0, gamma_bg=1.0, batch_dice=True)(x, t)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+    ref = reference_pm_dice(x.detach().float(), t, gamma=2.0, gamma_bg=1.0, batch_dice=True)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_under_cpu_autocast():
+    torch.manual_seed(10)
+    conv = torch.nn.Conv2d(3, 3, 1)
+    inp = torch.randn(2, 3, 16, 16)
+    t = torch.randint(0, 3, (2, 1, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(inp)
+        assert out.dtype == torch.bfloat16
+        loss = PMDiceLoss()(out, t)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_no_present_class_returns_zero_with_graph():
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    t = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    loss = PMDiceLoss(do_bg=False)(x, t)  # only background present, and it is dropped
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.count_nonzero(x.grad) == 0
+    all_masked = PMDiceLoss()(x, t, loss_mask=torch.zeros(1, 1, 4, 4))
+    assert all_masked.item() == 0.0 and all_masked.requires_grad
+
+
+def test_torch_compile_traces_the_fused_function():
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    t = torch.randint(0, 3, (2, 1, 16, 16))
+    loss = PMDiceLoss(gamma=2.0, gamma_bg=1.0)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=False)
+    a = compiled(x, t)
+    ga, = torch.autograd.grad(a, x)
+    b = loss(x, t)
+    gb, = torch.autograd.grad(b, x)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gamma=-1.0), "gamma must be >= 0"),
+    (dict(gamma=float("nan")), "gamma must be a finite number"),
+    (dict(gamma=[1.0, -0.5]), r"gamma\[1\] must be >= 0"),
+    (dict(gamma=[]), "non-empty"),
+    (dict(gamma_bg=-2), "gamma_bg must be >= 0"),
+    (dict(nonlin="relu"), "nonlin must be one of"),
+    (dict(smooth=0.0), "smooth must be > 0"),
+    (dict(gamma_bg=1.0, nonlin="sigmoid"), "gamma_bg only has a meaning in softmax mode"),
+])
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PMDiceLoss(**kwargs)
+
+
+def test_bad_argument_types_raise():
+    with pytest.raises(TypeError, match="gamma must be a real number"):
+        PMDiceLoss(gamma="2")
+
+
+@pytest.mark.parametrize("logits, target, loss_kw, err, message", [
+    (torch.randn(2, 3, 8), torch.zeros(2, 1, 8), {}, ValueError, "logits must have shape"),
+    (torch.randn(2, 3, 4, 4, 4, 4), torch.zeros(2, 1, 4, 4, 4, 4), {}, ValueError, "logits must have shape"),
+    (torch.randint(0, 2, (2, 3, 4, 4)), torch.zeros(2, 1, 4, 4), {}, TypeError, "floating point"),
+    (torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 5), {}, ValueError, "does not match logits shape"),
+    (torch.randn(2, 3, 4, 4), torch.zeros(3, 1, 4, 4), {}, ValueError, "does not match logits shape"),
+    (torch.randn(2, 3, 4, 4), torch.full((2, 1, 4, 4), 3), {}, ValueError, "holds label 3 .* C=3"),
+    (torch.randn(2, 3, 4, 4), torch.full((2, 1, 4, 4), -1), {}, ValueError, "holds label -1"),
+    (torch.randn(2, 3, 4, 4), torch.zeros(2, 2, 4, 4), {}, ValueError, "target has 2 channels"),
+    (torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), dict(gamma=[1.0, 2.0]), ValueError, "gamma has 2 values"),
+    (torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), dict(nonlin="sigmoid"), ValueError, "sigmoid .* needs a one-hot"),
+    (torch.randn(2, 1, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long), {}, ValueError, "at least 2 channels"),
+    (torch.randn(2, 3, 4, 4), [[0]], {}, TypeError, "target must be a torch.Tensor"),
+])
+def test_bad_inputs_raise(logits, target, loss_kw, err, message):
+    with pytest.raises(err, match=message):
+        PMDiceLoss(**loss_kw)(logits, target)
+
+
+def test_bad_loss_mask_raises():
+    with pytest.raises(ValueError, match="loss_mask must have shape"):
+        PMDiceLoss()(torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), loss_mask=torch.ones(2, 3, 4, 4))
+
+
+def test_value_is_in_unit_interval_and_decreases_when_prediction_improves():
+    torch.manual_seed(12)
+    t = torch.randint(0, 3, (2, 1, 16, 16))
+    onehot = torch.zeros(2, 3, 16, 16).scatter_(1, t, 1.0)
+    noise = torch.randn(2, 3, 16, 16)
+    values = [PMDiceLoss(gamma=1.0)(s * onehot + noise, t).item() for s in (0.0, 2.0, 6.0)]
+    assert all(0 <= v <= 1 for v in values)
+    assert values[0] > values[1] > values[2]
+    assert math.isfinite(values[2])

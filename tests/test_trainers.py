@@ -1,0 +1,202 @@
+"""Trainer names, discovery by nnU-Net, pickling, deep supervision and the loss each trainer builds."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_pmdice import trainers
+from nnunet_pmdice.trainers import TrainerNameError, trainer_class_for_name
+from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
+from nnunet_pmdice.trainers.naming import parse_options, parse_token
+
+
+# -- the name grammar --------------------------------------------------------------------------------
+@pytest.mark.parametrize("token, expected", [
+    ("g2", ("gamma", 2.0)), ("g0.5", ("gamma", 0.5)), ("g1-1-2-2", ("gamma", (1.0, 1.0, 2.0, 2.0))),
+    ("bg1", ("gamma_bg", 1.0)), ("fg2", ("focal_gamma", 2.0)), ("k10", ("k", 10.0)), ("d5", ("dilation", 5)),
+    ("50epochs", ("epochs", 50)), ("20iters", ("iters", 20)),
+])
+def test_tokens(token, expected):
+    assert parse_token(token) == expected
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nnUNetTrainerPMDice_x3", "cannot read option 'x3'"),
+    ("nnUNetTrainerPMDice_g2_g3", "given twice"),
+    ("nnUNetTrainerPMDice_k10", "does not apply to nnUNetTrainerPMDice"),
+    ("nnUNetTrainerTopKCEPMDice_k0", "0 < k <= 100"),
+    ("nnUNetTrainerPMDice_0epochs", "at least 1"),
+    ("nnUNetTrainerPMDice_g-1", "cannot read option 'g-1'"),
+    ("nnUNetTrainerPMDice_", "expected nnUNetTrainerPMDice_<option>"),
+    ("nnUNetTrainer_g2", "does not apply to nnUNetTrainer"),
+])
+def test_bad_names_say_what_is_accepted(name, message):
+    with pytest.raises(TrainerNameError, match=message):
+        trainer_class_for_name(name)
+
+
+def test_error_lists_the_accepted_options():
+    with pytest.raises(TrainerNameError) as err:
+        parse_options("nnUNetTrainerPMDice_foo", "nnUNetTrainerPMDice", trainers.nnUNetTrainerPMDice.name_options)
+    assert "g<x>" in str(err.value) and "bg<x>" in str(err.value) and "<n>epochs" in str(err.value)
+
+
+def test_classes_made_from_names():
+    cls = getattr(trainers, "nnUNetTrainerPMDice_g2_bg1_3epochs_7iters")
+    assert cls.__name__ == "nnUNetTrainerPMDice_g2_bg1_3epochs_7iters"  # nnU-Net names its output folder so
+    assert issubclass(cls, trainers.nnUNetTrainerPMDice)
+    assert dict(cls.chosen_options) == {"gamma": 2.0, "gamma_bg": 1.0, "epochs": 3, "iters": 7}
+    assert getattr(trainers, cls.__name__) is cls  # cached: one class per name
+    assert trainer_class_for_name("nnUNetTrainerPMDice") is trainers.nnUNetTrainerPMDice
+    assert getattr(trainers, "nnUNetTrainerFocalCEPMDice_fg3").chosen_options == {"focal_gamma": 3.0}
+    baseline = getattr(trainers, "nnUNetTrainer_2epochs_5iters")
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    assert issubclass(baseline, nnUNetTrainer) and "_build_loss" not in vars(type(baseline).__mro__[1])
+
+
+def test_names_that_are_not_ours_are_absent():
+    assert not hasattr(trainers, "nnUNetTrainerSomethingElse")
+    assert not hasattr(trainers, "nnUNetTrainer")  # nnU-Net's own class is never shadowed
+    assert not hasattr(trainers, "__wrapped__")
+
+
+def test_classes_pickle_by_name_into_a_fresh_process(tmp_path):
+    names = ["nnUNetTrainerPMDice", "nnUNetTrainerPMDice_g0.5", "nnUNetTrainerCEPMDice_g1-2-2.5_bg0.5_10epochs",
+             "nnUNetTrainer_4epochs_3iters"]
+    classes = [getattr(trainers, n) for n in names]
+    assert [pickle.loads(pickle.dumps(c)) for c in classes] == classes
+    blob = tmp_path / "classes.pkl"
+    blob.write_bytes(pickle.dumps(classes))
+    code = ("import pickle,sys; cs=pickle.loads(open(sys.argv[1],'rb').read()); "
+            "print([c.__name__ for c in cs]); print([dict(c.chosen_options) for c in cs])")
+    res = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, check=True)
+    assert res.stdout.splitlines()[0] == str(names)
+    assert "'gamma': (1.0, 2.0, 2.5)" in res.stdout.splitlines()[1]
+
+
+# -- deep supervision ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 3, 5, 7])
+@pytest.mark.parametrize("ddp, compiled", [(False, False), (True, False), (True, True)])
+def test_deep_supervision_weights_are_nnunets(n, ddp, compiled):
+    w = np.array([1 / (2 ** i) for i in range(n)])
+    w[-1] = 1e-6 if ddp and not compiled else 0
+    np.testing.assert_allclose(deep_supervision_weights(n, ddp=ddp, compiled=compiled), w / w.sum())
+
+
+def test_deep_supervision_single_scale_is_never_all_zero():
+    np.testing.assert_allclose(deep_supervision_weights(1), [1.0])
+    with pytest.raises(ValueError):
+        deep_supervision_weights(0)
+
+
+# -- found by nnU-Net with zero set-up ------------------------------------------------------------------
+def test_autoregister_appends_once_and_keeps_user_folders(tmp_path):
+    from nnunet_pmdice._autoregister import EXT_FOLDER, register
+    env = {"nnUNet_extTrainer": str(tmp_path)}
+    assert register(env) is True
+    assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(tmp_path), EXT_FOLDER]
+    assert register(env) is False
+    assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(tmp_path), EXT_FOLDER]
+    empty = {}
+    register(empty)
+    assert empty["nnUNet_extTrainer"] == EXT_FOLDER
+
+
+def _lookup(name, extra_env=None):
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env.update(extra_env or {})
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; import sys; "
+            "c = f(sys.argv[1]); print('FOUND', c.__module__, c.__name__)")
+    return subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, cwd="/")
+
+
+def test_nnunet_finds_trainers_in_a_fresh_interpreter_without_set_up():
+    res = _lookup("nnUNetTrainerPMDice_g2_bg1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "FOUND nnunet_pmdice.trainers nnUNetTrainerPMDice_g2_bg1" in res.stdout
+
+
+def test_opt_out_of_the_start_up_hook():
+    res = _lookup("nnUNetTrainerPMDice", {"NNUNET_PMDICE_NO_AUTOREGISTER": "1"})
+    assert res.returncode != 0 and "Could not find requested nnunet trainer" in res.stderr
+    from nnunet_pmdice._autoregister import EXT_FOLDER
+    res = _lookup("nnUNetTrainerPMDice", {"NNUNET_PMDICE_NO_AUTOREGISTER": "1", "nnUNet_extTrainer": EXT_FOLDER})
+    assert res.returncode == 0 and "FOUND nnunet_pmdice.trainers nnUNetTrainerPMDice" in res.stdout
+
+
+def test_bad_option_reaches_the_user_through_nnunets_lookup():
+    res = _lookup("nnUNetTrainerPMDice_k5")
+    assert res.returncode != 0 and "does not apply to nnUNetTrainerPMDice" in res.stderr
+
+
+def test_cli_prints_the_ext_folder():
+    from nnunet_pmdice._autoregister import EXT_FOLDER
+    res = subprocess.run([sys.executable, "-m", "nnunet_pmdice.cli", "ext-path"], capture_output=True, text=True,
+                         check=True)
+    assert res.stdout.strip() == EXT_FOLDER and os.path.isfile(os.path.join(EXT_FOLDER, "nnunet_pmdice_trainers.py"))
+
+
+# -- the loss a real trainer builds ---------------------------------------------------------------------
+def _trainer(prepared_ds, name, monkeypatch):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, prepared_ds.env[k])
+    plans = prepared_ds.plans()
+    plans["continue_training"] = False
+    dataset_json = json.loads((prepared_ds.preprocessed / "dataset.json").read_text())
+    cls = getattr(trainers, name)
+    return cls(plans=plans, configuration=prepared_ds.config, fold=0, dataset_json=dataset_json,
+               device=torch.device("cpu"))
+
+
+def test_real_trainer_builds_pm_dice_with_plans_batch_dice_and_deep_supervision(prepared, monkeypatch):
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunet_pmdice.losses import CompoundLoss, PMDiceLoss
+    ds = prepared("polyp2d")
+    tr = _trainer(ds, "nnUNetTrainerPMDice_g2_bg1_3epochs_7iters", monkeypatch)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (3, 7, 2)
+    tr.initialize()
+    assert isinstance(tr.loss, DeepSupervisionWrapper)
+    n_scales = len(tr._get_deep_supervision_scales())
+    np.testing.assert_allclose(tr.loss.weight_factors, deep_supervision_weights(n_scales))
+    core = tr.loss.loss
+    assert isinstance(core, CompoundLoss) and isinstance(core.dice, PMDiceLoss)
+    assert core.dice.batch_dice == ds.plans()["configurations"]["2d"]["batch_dice"]
+    assert core.dice.gammas_for(2) == (1.0, 2.0) and core.dice.do_bg and core.dice.smooth == 1e-6
+    # one training step on a real batch: finite loss, gradients everywhere in the network
+    batch = next(iter(tr.get_dataloaders()[0]))
+    out = tr.train_step(batch)
+    assert np.isfinite(out["loss"])
+    log = open(tr.log_file).read()
+    assert "PM Dice gamma per output channel: [1.0, 2.0]" in log and "deep supervision weights" in log
+
+
+def test_baseline_with_budget_keeps_nnunets_default_loss(prepared, monkeypatch):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    tr = _trainer(prepared("polyp2d"), "nnUNetTrainer_2epochs_4iters", monkeypatch)
+    tr.initialize()
+    assert isinstance(tr.loss.loss, DC_and_CE_loss) and tr.num_epochs == 2 and tr.num_iterations_per_epoch == 4
+
+
+def test_per_class_gamma_of_wrong_length_fails_at_initialisation(prepared, monkeypatch):
+    tr = _trainer(prepared("polyp2d"), "nnUNetTrainerPMDice_g1-2-3", monkeypatch)
+    with pytest.raises(ValueError, match="gamma has 3 values .* C=2"):
+        tr.initialize()
+
+
+def test_region_dataset_gets_sigmoid_and_rejects_gamma_bg(prepared, monkeypatch):
+    ds = prepared("regions3d")
+    tr = _trainer(ds, "nnUNetTrainerTopKCEPMDice_k5_g2", monkeypatch)
+    tr.initialize()
+    core = tr.loss.loss
+    assert core.regions and core.dice.nonlin == "sigmoid" and core.ce_term.k == 5.0
+    assert core.dice.gammas_for(3) == (2.0, 2.0, 2.0)
+    tr_bg = _trainer(ds, "nnUNetTrainerPMDice_g2_bg1", monkeypatch)
+    with pytest.raises(ValueError, match="gamma_bg only has a meaning in softmax mode"):
+        tr_bg.initialize()
