@@ -20,8 +20,8 @@ Why the label-map path looks the way it does (memory traffic is what costs, on C
 - the label positions of the softmax output are zeroed in place before the big reduction, so the
   non-label sum is taken directly. Subtracting the label terms from a sum over everything would
   cancel catastrophically in float32 once the background is predicted with confidence;
-- the softmax output is the only full-size tensor kept for backward; the label values are put back
-  into it in place right before the softmax backward;
+- backward reuses the forward's p**(gamma + 2) tensor as its one full-size buffer and takes the
+  softmax backward in place in it (see ``LabelMapPMDiceSums``);
 - with a CE map requested, log-softmax is computed once and exponentiated in place, so CE and Dice
   share one pass over the logits.
 
@@ -82,28 +82,8 @@ def sum_pow(t: torch.Tensor, e: float, dims: Sequence[int]) -> torch.Tensor:
     return powf(t, e).sum(dims)
 
 
-def _group_sums(p: torch.Tensor, groups: Groups, offset: float, dims, out: torch.Tensor) -> None:
-    for c0, c1, g in groups:
-        out[:, c0:c1] = sum_pow(p[:, c0:c1], g + offset, dims)
-
-
-def _fill_group_powers(p: torch.Tensor, groups: Groups, offset: float, coef: torch.Tensor,
-                       out: torch.Tensor) -> None:
-    """out[:, group] = coef[:, group] * p[:, group] ** (gamma_group + offset), written in place."""
-    tail = (1,) * (p.ndim - 2)
-    for c0, c1, g in groups:
-        e = g + offset
-        c = coef[:, c0:c1].reshape(coef.shape[0], c1 - c0, *tail)
-        ps, os_ = p[:, c0:c1], out[:, c0:c1]
-        if e == 0:
-            os_.copy_(c.expand_as(os_))
-        elif e == 1:
-            torch.mul(ps, c, out=os_)
-        elif e == 2:
-            torch.mul(ps, c, out=os_)
-            os_.mul_(ps)
-        else:
-            torch.mul(powf(ps, e), c, out=os_)
+def _zeros_like_expanded(t: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((1,) * t.ndim, dtype=t.dtype, device=t.device).expand_as(t)
 
 
 def _label_gammas(gammas: Sequence[float], labels: torch.Tensor, dtype) -> torch.Tensor | float:
@@ -112,12 +92,18 @@ def _label_gammas(gammas: Sequence[float], labels: torch.Tensor, dtype) -> torch
     return torch.tensor(gammas, dtype=dtype, device=labels.device)[labels]
 
 
-def _pow_small(t: torch.Tensor, g) -> torch.Tensor:
-    return powf(t, g) if isinstance(g, float) else t.pow(g)
-
-
 class LabelMapPMDiceSums(torch.autograd.Function):
-    """Softmax + integer label map. Returns (intersect, denom, gt_sum, ce_map)."""
+    """Softmax + integer label map. Returns (intersect, denom, gt_sum, ce_map).
+
+    Backward, with p the softmax output and t the label of a pixel: every sum's derivative with
+    respect to p is elementwise (m is constant), call it G. At the non-label channels
+    G_c = k_c * p_c**(gamma_c + o - 1) with k_c = 2 * d(loss)/d(denom_c) (1 * ... for the linear
+    denominator, o = 2 or 1), so p_c * G_c = k_c * p_c**(gamma_c + o): the very tensor the forward
+    raised to that power for the denominator. The softmax backward dx = p * (G - s), s = sum_c p_c G_c,
+    is then taken in place in that buffer: D = k * P, s = sum_c D + p_t G_t, D -= p * s, and the label
+    channel is written with one scatter. The CE map's gradient, g_ce * (p - onehot), joins the same
+    two steps. One full-size buffer besides the saved softmax output, no one-hot, no copy of p.
+    """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor],
@@ -138,36 +124,42 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             vmask = None if valid is None else valid.to(cdt)
             if vmask is not None:
                 # Ignored pixels get p = 0: they then add nothing to any sum, and the softmax backward
-                # (p * (G - <p, G>)) gives them an exact zero gradient without a separate mask pass.
+                # (p * (G - s)) gives them an exact zero gradient without a separate mask pass.
                 p.mul_(vmask)
                 if ce is not None:
                     ce.mul_(vmask)
             p_t = p.gather(1, labels)
-            p.scatter_(1, labels, 0.0)
+            # (scatter_ with a scalar value takes a slow path on CPU, ~5x slower than a source tensor)
+            p.scatter_(1, labels, _zeros_like_expanded(p_t))
 
             groups = _groups_of(gammas)
+            offset = 2.0 if squared else 1.0
             denom = torch.empty((B, C), dtype=cdt, device=p.device)
-            _group_sums(p, groups, 2.0 if squared else 1.0, dims, denom)
+            powered = _powered(p, groups, offset)
+            for c0, c1, g in groups:
+                if powered is None:
+                    denom[:, c0:c1] = sum_pow(p[:, c0:c1], g + offset, dims)
+                else:
+                    denom[:, c0:c1] = powered[:, c0:c1].sum(dims)
 
             g_t = _label_gammas(gammas, labels, cdt)
-            m_t = _pow_small(1.0 - p_t, g_t)
-            if vmask is not None:
-                m_t.mul_(vmask)
+            m_t = _modulation_at_labels(p_t, g_t, vmask)
             inter_px = m_t * p_t
-            den_px = m_t * (1.0 + p_t * p_t) if squared else m_t * (1.0 + p_t)
+            den_px = torch.addcmul(m_t, inter_px, p_t) if squared else m_t + inter_px
             lab = labels.view(B, -1)
             zeros = torch.zeros((B, C), dtype=cdt, device=p.device)
             intersect = zeros.scatter_add(1, lab, inter_px.view(B, -1))
             denom.scatter_add_(1, lab, den_px.view(B, -1))
-            if vmask is None:
-                gt_sum = zeros.scatter_add(1, lab, torch.ones((1, 1), dtype=cdt, device=p.device).expand(B, lab.shape[1]))
-            else:
-                gt_sum = zeros.scatter_add(1, lab, vmask.reshape(B, -1))
+            counts = vmask.reshape(B, -1) if vmask is not None else \
+                torch.ones((1, 1), dtype=cdt, device=p.device).expand(B, lab.shape[1])
+            gt_sum = zeros.scatter_add(1, lab, counts)
 
         ctx.mark_non_differentiable(gt_sum)
-        ctx.state = dict(p=p, restored=False, groups=groups, squared=squared, in_dtype=logits.dtype,
-                         has_ce=with_ce)
-        ctx.save_for_backward(labels, p_t, m_t, vmask)
+        ctx.save_for_backward(labels, p, p_t, vmask)
+        # Not through save_for_backward: backward consumes it in place, and a second backward
+        # (retain_graph=True) finds None and recomputes it from p.
+        ctx.powered = powered
+        ctx.meta = (groups, squared, with_ce, logits.dtype, g_t)
         if ce is None:
             ce = torch.zeros((), dtype=cdt, device=p.device)
             ctx.mark_non_differentiable(ce)
@@ -175,42 +167,68 @@ class LabelMapPMDiceSums(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_inter, g_denom, _g_gt, g_ce):
-        labels, p_t, m_t, vmask = ctx.saved_tensors
-        st = ctx.state
-        p = st["p"]
-        squared = st["squared"]
-        B = p.shape[0]
+        labels, p, p_t, vmask = ctx.saved_tensors
+        groups, squared, with_ce, in_dtype, g_t = ctx.meta
+        B, C = p.shape[:2]
         with torch.autocast(p.device.type, enabled=False):
-            if g_inter is None:
-                g_inter = torch.zeros((B, p.shape[1]), dtype=p.dtype, device=p.device)
-            if g_denom is None:
-                g_denom = torch.zeros_like(g_inter)
-            g_inter = g_inter.to(p.dtype)
-            g_denom = g_denom.to(p.dtype)
-            # Non-label positions: d denom / d p = 2 * m * p = 2 p**(gamma+1) (squared), m = p**gamma (linear).
-            if st["restored"]:  # a second backward (retain_graph): p already holds the label values again
-                p.scatter_(1, labels, 0.0)
-            G = torch.empty_like(p)
-            coef = g_denom * 2.0 if squared else g_denom
-            _fill_group_powers(p, st["groups"], 1.0 if squared else 0.0, coef, G)
-            # Label positions: d intersect / d p = m, d denom / d p = 2 m p (squared) or m.
+            zeros_bc = None
+            if g_inter is None or g_denom is None:
+                zeros_bc = torch.zeros((B, C), dtype=p.dtype, device=p.device)
+            g_inter = zeros_bc if g_inter is None else g_inter.to(p.dtype)
+            g_denom = zeros_bc if g_denom is None else g_denom.to(p.dtype)
+            k = g_denom * 2.0 if squared else g_denom
+            offset = 2.0 if squared else 1.0
+
+            # D = k * p**(gamma + offset) at the non-label channels (0 at the label channel, where p = 0)
+            D, ctx.powered = ctx.powered, None
+            if D is None:
+                D = _powered(p, groups, offset, force=True)
+            D.mul_(k.reshape(B, C, *([1] * (p.ndim - 2))))
+
+            # label channel: d intersect / d p = m, d denom / d p = 2 m p (squared) or m
             lab = labels.view(B, -1)
+            m_t = _modulation_at_labels(p_t, g_t, vmask)
             gi = g_inter.gather(1, lab).view_as(p_t)
             gd = g_denom.gather(1, lab).view_as(p_t)
-            G_t = m_t * (gi + gd * (2.0 * p_t if squared else 1.0))
-            G.scatter_(1, labels, G_t)
-            p.scatter_(1, labels, p_t)
-            st["restored"] = True
-            dx = torch._softmax_backward_data(G, p, 1, p.dtype)
-            del G
-            if st["has_ce"] and g_ce is not None:
+            G_t = (torch.addcmul(gi, gd, p_t, value=2.0) if squared else gi.add_(gd)).mul_(m_t)
+            del gi, gd, m_t
+            # w = -s (+ the CE gradient), s = sum_c p_c G_c
+            w = D.sum(1, keepdim=True).addcmul_(p_t, G_t).neg_()
+            gce = None
+            if with_ce and g_ce is not None:
                 gce = g_ce.to(p.dtype)
                 if vmask is not None:
                     gce = gce * vmask
-                # d ce / d x = p - onehot(label)
-                dx.addcmul_(p, gce)
-                dx.scatter_add_(1, labels, -gce)
-        return dx.to(st["in_dtype"]), None, None, None, None, None
+                w.add_(gce)
+            D.addcmul_(p, w)
+            dx_t = G_t.add_(w).mul_(p_t)
+            if gce is not None:
+                dx_t.sub_(gce)
+            D.scatter_(1, labels, dx_t)
+        return D.to(in_dtype), None, None, None, None, None
+
+
+def _powered(p: torch.Tensor, groups: Groups, offset: float, force: bool = False) -> Optional[torch.Tensor]:
+    """p**(gamma_group + offset) per channel group as one tensor, or None where every exponent is 1 or 2
+    (their sums need no temporary and backward builds the tensor itself) unless ``force``."""
+    if not force and all(g + offset in (1.0, 2.0) for _, _, g in groups):
+        return None
+    if len(groups) == 1:
+        return powf(p, groups[0][2] + offset)
+    out = torch.empty_like(p)
+    for c0, c1, g in groups:
+        out[:, c0:c1] = powf(p[:, c0:c1], g + offset)
+    return out
+
+
+def _modulation_at_labels(p_t: torch.Tensor, g_t, vmask: Optional[torch.Tensor]) -> torch.Tensor:
+    """m at the label channel, (1 - p_t)**gamma_t, zero at ignored pixels. A new tensor."""
+    q = 1.0 - p_t
+    m_t = q if (isinstance(g_t, float) and g_t == 1.0) else (powf(q, g_t) if isinstance(g_t, float)
+                                                            else q.pow_(g_t))
+    if vmask is not None:
+        m_t.mul_(vmask)
+    return m_t
 
 
 class DensePMDiceSums(torch.autograd.Function):
