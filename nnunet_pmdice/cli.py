@@ -48,7 +48,15 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
-SUBCOMMANDS = [_add_ext_path, _add_synth]
+def _add_bench_loss(sub) -> None:
+    from . import loss_benchmark
+    p = sub.add_parser("bench-loss", help="time PM Dice against nnU-Net's own losses (forward+backward, memory)",
+                       description=loss_benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    loss_benchmark.add_arguments(p)
+    p.set_defaults(func=loss_benchmark.run)
+
+
+SUBCOMMANDS = [_add_ext_path, _add_synth, _add_bench_loss]
 
 
 def build_parser() -> argparse.ArgumentParser:
