@@ -398,3 +398,23 @@ def test_value_is_in_unit_interval_and_decreases_when_prediction_improves():
     assert all(0 <= v <= 1 for v in values)
     assert values[0] > values[1] > values[2]
     assert math.isfinite(values[2])
+
+
+def test_deep_supervision_list_matches_reference_per_scale():
+    """nnU-Net's DeepSupervisionWrapper around the fused loss == the weighted reference at every scale."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
+    torch.manual_seed(13)
+    sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]
+    xs = [torch.randn(2, 3, *s, requires_grad=True) for s in sizes]
+    t0 = torch.randint(0, 3, (2, 1, 32, 32)).float()
+    ts = [torch.nn.functional.interpolate(t0, size=s, mode="nearest") for s in sizes]
+    w = deep_supervision_weights(len(sizes))
+    kw = dict(gamma=[1.0, 2.0, 2.0], batch_dice=True)
+    ours = DeepSupervisionWrapper(PMDiceLoss(**kw), w)(xs, ts)
+    ref = sum(float(wi) * reference_pm_dice(x, t.long(), **kw) for wi, x, t in zip(w, xs, ts) if wi != 0)
+    assert ours.item() == pytest.approx(ref.item(), abs=2e-6)
+    g_ours = torch.autograd.grad(ours, xs[:-1])
+    g_ref = torch.autograd.grad(ref, xs[:-1])
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
