@@ -48,7 +48,12 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
-SUBCOMMANDS = [_add_ext_path, _add_synth]
+def _add_convert(sub) -> None:
+    from .conversion.cli import add_convert_parser
+    add_convert_parser(sub)
+
+
+SUBCOMMANDS = [_add_ext_path, _add_synth, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
