@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .common import (ConversionError, ConversionResult, PathLike, case_error, dataset_folder_name,
-                     default_num_processes, install_splits, iter_sorted_dirs, parallel_map, prepare_target,
+                     resolve_num_processes, install_splits, iter_sorted_dirs, parallel_map, prepare_target,
                      resolve_preprocessed_root, resolve_raw_root, staged_dataset, stale_preprocessed_note,
                      write_dataset_json, write_record, write_split_files)
 from .nifti import find_nifti, label_values, match_grid, read_image, spacing_zyx, write_image, write_label
@@ -58,6 +58,8 @@ def find_acdc_database(source: PathLike) -> Path:
     for root in (source, source / "database", source / "ACDC" / "database"):
         if (root / "training").is_dir():
             return root
+    if source.name == "training" and any(_PATIENT.fullmatch(p.name) for p in source.iterdir()):
+        return source.parent
     raise ConversionError(f"missing folder: expected ACDC's training/ folder in {source} or {source / 'database'}")
 
 
@@ -159,7 +161,7 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
     Example:
         >>> convert_acdc("~/data/ACDC/database", 502)  # doctest: +SKIP
     """
-    num_processes = default_num_processes() if num_processes is None else num_processes
+    num_processes = resolve_num_processes(num_processes)
     database = find_acdc_database(Path(source).expanduser())
     frames = {}
     for patient_dir in _patient_dirs(database / "training", TRANSUNET_TRAIN + TRANSUNET_VAL + TRANSUNET_TEST):

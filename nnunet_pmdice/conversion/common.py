@@ -316,21 +316,25 @@ def write_record(folder: Path, record: dict) -> None:
 
 # -------------------------------------------------------------------------------------------- execution
 
-def default_num_processes() -> int:
-    """nnU-Net's default (``nnUNet_def_n_proc``, else 8), capped at the CPU count."""
-    from nnunetv2.configuration import default_num_processes as nnunet_default
-    return max(1, min(int(nnunet_default), os.cpu_count() or 1))
+def resolve_num_processes(num_processes: Optional[int]) -> int:
+    """``num_processes`` checked (an int >= 1), or when None nnU-Net's default (``nnUNet_def_n_proc``, else 8)
+    capped at the CPU count."""
+    if num_processes is None:
+        from nnunetv2.configuration import default_num_processes as nnunet_default
+        return max(1, min(int(nnunet_default), os.cpu_count() or 1))
+    if isinstance(num_processes, bool) or not isinstance(num_processes, (int, np.integer)) or num_processes < 1:
+        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
+    return int(num_processes)
 
 
-def parallel_map(function: Callable, items: Sequence, num_processes: int, desc: str, progress: bool = True) -> list:
+def parallel_map(function: Callable, items: Sequence, num_processes: Optional[int], desc: str, progress: bool = True) -> list:
     """``[function(x) for x in items]`` with a tqdm bar, in a spawn pool of ``num_processes`` when > 1.
 
     ``function`` must be picklable (a module-level function or a ``functools.partial`` of one). The first
     exception raised by any item is re-raised here (a ConversionError keeps its message).
     """
     from tqdm import tqdm
-    if isinstance(num_processes, bool) or not isinstance(num_processes, (int, np.integer)) or num_processes < 1:
-        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
+    num_processes = resolve_num_processes(num_processes)
     items = list(items)
     bar = dict(total=len(items), desc=desc, unit="case", disable=not progress)
     if num_processes == 1 or len(items) <= 1:

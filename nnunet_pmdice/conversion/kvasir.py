@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, dataset_folder_name, default_num_processes, install_splits,
+                     cross_validation_folds, dataset_folder_name, resolve_num_processes, install_splits,
                      parallel_map, prepare_target, read_case_list, resolve_preprocessed_root, resolve_raw_root,
                      seeded_test_split, split_by_list, staged_dataset, stale_preprocessed_note, write_dataset_json,
                      write_record, write_split_files)
@@ -165,7 +165,7 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
         >>> convert_kvasir("~/data/Kvasir-SEG", 501, size=320)  # doctest: +SKIP
     """
     size = _parse_size(size)
-    num_processes = default_num_processes() if num_processes is None else num_processes
+    num_processes = resolve_num_processes(num_processes)
     root = find_kvasir_root(Path(source).expanduser())
     cases = list_kvasir_cases(root)
     if test_list is not None:

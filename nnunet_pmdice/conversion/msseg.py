@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, dataset_folder_name, default_num_processes, install_splits,
+                     cross_validation_folds, dataset_folder_name, resolve_num_processes, install_splits,
                      parallel_map, prepare_target, read_case_list, resolve_preprocessed_root, resolve_raw_root,
                      seeded_test_split, split_by_list, staged_dataset, stale_preprocessed_note, write_dataset_json,
                      write_record, write_split_files)
@@ -214,7 +214,7 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
     Example:
         >>> convert_msseg("~/data/MSSEG2016/Training", 503)  # doctest: +SKIP
     """
-    num_processes = default_num_processes() if num_processes is None else num_processes
+    num_processes = resolve_num_processes(num_processes)
     layout, cases = find_msseg_cases(Path(source).expanduser(), layout)
     by_id = {c["case"]: c for c in cases}
     ids = sorted(by_id)
