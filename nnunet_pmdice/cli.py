@@ -56,7 +56,12 @@ def _add_bench_loss(sub) -> None:
     p.set_defaults(func=loss_benchmark.run)
 
 
-SUBCOMMANDS = [_add_ext_path, _add_synth, _add_bench_loss]
+def _add_convert(sub) -> None:
+    from .conversion.cli import add_convert_parser
+    add_convert_parser(sub)
+
+
+SUBCOMMANDS = [_add_ext_path, _add_synth, _add_convert, _add_bench_loss]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,8 @@
 Integration tests drive nnU-Net's own command-line tools in subprocesses, on the CPU, exactly as a
 user would. The environment keeps them fast on a 2-core machine:
 
-- ``nnUNet_def_n_proc=1``: nnU-Net's export / preprocessing pools spawn one worker, not 8 (each
-  spawned worker imports torch, which dominates on tiny data);
+- ``nnUNet_def_n_proc=1`` and ``-np 1 -npfp 1``: nnU-Net's export / fingerprint / preprocessing pools
+  spawn one worker, not 8 (each spawned worker imports torch, which dominates on tiny data);
 - ``nnUNet_n_proc_DA=0`` for ``nnUNetv2_train`` only: augmentation in the main process (the planner
   needs it >= 1);
 - ``nnUNet_compile=f``: nnU-Net's own switch, also honoured by the plugin.
@@ -74,7 +74,7 @@ class Prepared:
         synth_kind = "cardiac3d" if kind == "regions3d" else kind
         self.raw = generate(synth_kind, env["nnUNet_raw"], self.dataset_id, seed=self.dataset_id, **kwargs)
         run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(self.dataset_id), "-c", self.config, "-np", "1",
-                 "--verify_dataset_integrity"], env)
+                 "-npfp", "1", "--verify_dataset_integrity"], env)
         self.name = self.raw.name
         self.preprocessed = Path(env["nnUNet_preprocessed"]) / self.name
 

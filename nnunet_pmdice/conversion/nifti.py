@@ -1,0 +1,134 @@
+"""NIfTI reading and writing for the 3D converters (ACDC, MSSEG), with SimpleITK.
+
+SimpleITK reads the spacing from the NIfTI qform/pixdim when the sform is inconsistent with it (ACDC's
+sform is scaled to identity while the qform has the true spacing; nibabel's ``.affine`` then says
+1 x 1 x 1 mm). Outputs are written by SimpleITK, with consistent sform and qform, which is also how
+nnU-Net's default ``SimpleITKIO`` reads and writes them.
+
+Geometry checks: a label map (or another channel) must be on the image's grid: the same size, and
+spacing, origin and direction equal within :data:`SPACING_RTOL`, :data:`ORIGIN_TOL_VOXELS` of a voxel
+and :data:`DIRECTION_ATOL`. Within those tolerances (header round-off) the reference geometry is copied
+over, so nnU-Net's strict check sees identical grids; beyond them the case is rejected.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .common import case_error
+
+#: relative tolerance on the voxel spacing
+SPACING_RTOL = 1e-3
+#: tolerance on the origin, as a fraction of the smallest voxel spacing
+ORIGIN_TOL_VOXELS = 1e-2
+#: absolute tolerance on the direction cosines
+DIRECTION_ATOL = 1e-3
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def find_nifti(folder: Path, stem: str) -> Optional[Path]:
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (else None)."""
+    for ending in NIFTI_ENDINGS:
+        p = folder / (stem + ending)
+        if p.is_file():
+            return p
+    return None
+
+
+@contextmanager
+def _itk_warnings(show: bool):
+    import SimpleITK as sitk
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(show)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+def read_image(path: Path, case: str, ndim: int = 3, itk_warnings: bool = True):
+    """A SimpleITK image of ``ndim`` dimensions, or a ConversionError naming the case and the file.
+
+    ``itk_warnings=False`` hides ITK's warnings while reading (ACDC: every file warns about the
+    "unexpected scales in sform" that this reader handles).
+    """
+    import SimpleITK as sitk
+    if not Path(path).is_file():
+        raise case_error(case, "missing file", path)
+    try:
+        with _itk_warnings(itk_warnings):
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        raise case_error(case, f"unreadable image file: {detail}", path) from None
+    if image.GetDimension() != ndim:
+        raise case_error(case, f"expected a {ndim}D image, found {image.GetDimension()}D of size {image.GetSize()}",
+                         path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise case_error(case, f"expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()}", path)
+    return image
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def match_grid(reference, other, case: str, reference_path: Path, other_path: Path):
+    """``other`` on ``reference``'s grid: geometry copied when equal within tolerance, else ConversionError."""
+    problems = []
+    if reference.GetSize() != other.GetSize():
+        problems.append(f"size {other.GetSize()} != {reference.GetSize()}")
+    sp_r, sp_o = np.array(reference.GetSpacing()), np.array(other.GetSpacing())
+    if not np.allclose(sp_o, sp_r, rtol=SPACING_RTOL, atol=0):
+        problems.append(f"spacing {_fmt(sp_o)} != {_fmt(sp_r)}")
+    if not np.allclose(other.GetOrigin(), reference.GetOrigin(), rtol=0, atol=ORIGIN_TOL_VOXELS * sp_r.min()):
+        problems.append(f"origin {_fmt(other.GetOrigin())} != {_fmt(reference.GetOrigin())}")
+    if not np.allclose(other.GetDirection(), reference.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
+        problems.append(f"direction {_fmt(other.GetDirection())} != {_fmt(reference.GetDirection())}")
+    if problems:
+        raise case_error(case, f"{Path(other_path).name} is not on the grid of {Path(reference_path).name}: "
+                               + "; ".join(problems), other_path)
+    other.CopyInformation(reference)
+    return other
+
+
+def label_values(image, allowed: Sequence[int], case: str, path: Path) -> np.ndarray:
+    """The label map as a uint8 array (z, y, x); ConversionError for non-integer or unexpected values."""
+    import SimpleITK as sitk
+    array = sitk.GetArrayViewFromImage(image)
+    values = np.unique(array)
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values) & (values == np.round(values))):
+        bad = values[~(np.isfinite(values) & (values == np.round(values)))]
+        raise case_error(case, f"label map has non-integer values {bad[:5].tolist()}; expected {list(allowed)}", path)
+    unexpected = [v for v in values.tolist() if int(v) not in set(allowed)]
+    if unexpected:
+        raise case_error(case, f"unexpected label values {[int(v) for v in unexpected][:10]}; expected only "
+                               f"{list(allowed)}", path)
+    return array.astype(np.uint8)
+
+
+def write_label(array: np.ndarray, reference, path: Path) -> None:
+    """Writes a uint8 label map on ``reference``'s grid."""
+    import SimpleITK as sitk
+    seg = sitk.GetImageFromArray(array.astype(np.uint8, copy=False))
+    seg.CopyInformation(reference)
+    sitk.WriteImage(seg, str(path), useCompression=True)
+
+
+def write_image(image, path: Path) -> None:
+    """Writes an image as is (pixel type kept), compressed."""
+    import SimpleITK as sitk
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def spacing_zyx(image) -> tuple:
+    """The spacing in numpy (z, y, x) order."""
+    return tuple(float(s) for s in image.GetSpacing()[::-1])
+
+
+__all__ = ["find_nifti", "read_image", "match_grid", "label_values", "write_label",
+           "write_image", "spacing_zyx", "NIFTI_ENDINGS"]
