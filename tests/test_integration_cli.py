@@ -84,7 +84,8 @@ def test_ignore_label_dataset_trains(env, tmp_path):
     """nnU-Net's ignore label reaches the loss as a mask (2D, ignore strip on every training case)."""
     from nnunet_pmdice.synthetic import generate
     raw = generate("polyp2d", env["nnUNet_raw"], 905, num_train=6, num_test=1, size=(48, 48), ignore_label=True)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "905", "-c", "2d", "-np", "1", "-npfp", "1", "--verify_dataset_integrity"], env)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "905", "-c", "2d", "-np", "1", "-npfp", "1",
+             "--verify_dataset_integrity"], env)
     run_cli(["nnUNetv2_train", "905", "2d", "0", "-tr", "nnUNetTrainerCEPMDice_1epochs_2iters", "-device", "cpu"],
             env)
     fold = Path(env["nnUNet_results"]) / raw.name / "nnUNetTrainerCEPMDice_1epochs_2iters__nnUNetPlans__2d" / "fold_0"
