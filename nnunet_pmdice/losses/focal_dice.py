@@ -72,14 +72,13 @@ class ZhaoFocalDiceLoss(SelectedDiceLoss):
     drop out of the denominator); every pixel of the class stays. The Dice is the paper's eq. 4, averaged
     over present (sample, class) pairs; ``k = 100`` is exactly :class:`DiceLoss`.
 
-    The ICDM text was not reachable here, so K's default is not the published one: 10, nnU-Net's
-    ``TopKLoss`` default. Choose it with ``k`` (trainer token ``kd<x>``).
-
     Args:
-        k: percentage of each class's negatives kept, 0 < k <= 100 (default 10).
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`; the ranking is per sample.
+        k: percentage of each class's negatives kept, 0 < k <= 100. The default, 10 (nnU-Net's
+            ``TopKLoss`` default), is ours: the ICDM text with the published value was not reachable.
+            Trainer token ``kd<x>``.
+        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`; negatives are ranked per sample.
 
-    Shapes: as :class:`DiceLoss`.
+    Shapes: logits (B, C, *spatial), target label map or one-hot, loss_mask (B, 1, *spatial); a scalar.
 
     Example:
         >>> import torch
