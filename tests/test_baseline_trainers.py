@@ -19,6 +19,7 @@ from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceFamilyLoss
 from nnunet_pmdice.trainers import NNUNET_BASES, TrainerNameError, trainer_class_for_name
 from nnunet_pmdice.trainers.baselines import BASELINE_TRAINERS
 from nnunet_pmdice.trainers.loss_builder import RECIPES, LossContext
+from nnunet_pmdice.trainers.naming import parse_token
 
 #: trainer -> (Dice part type, CE part type, default options)
 EXPECTED = {
@@ -98,6 +99,14 @@ def test_region_datasets_get_sigmoid_or_a_clear_error(name):
         return
     core = recipe.build(REGIONS_CTX, dict(recipe.defaults))
     assert core.regions and all(m.nonlin == "sigmoid" for m in core.modules() if isinstance(m, DiceFamilyLoss))
+
+
+@pytest.mark.parametrize("token, expected", [
+    ("kd20", ("dice_k", 20.0)), ("k5", ("k", 5.0)), ("fb3", ("focal_beta", 3.0)), ("lg0.3", ("log_gamma", 0.3)),
+    ("d0", ("dilation", 0)), ("fg1", ("focal_gamma", 1.0)),
+])
+def test_tokens(token, expected):
+    assert parse_token(token) == expected
 
 
 @pytest.mark.parametrize("name, message", [

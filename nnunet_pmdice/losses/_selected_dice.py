@@ -73,7 +73,10 @@ class SelectedDiceLoss(DiceFamilyLoss):
         return f"k={self.k:g} ({self.ranked_side} ranked), " + super().extra_repr()
 
     def selection(self, p_hat: torch.Tensor, y: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        """The mask M (B, C, *spatial), bool: the unranked side whole, the top k% of the ranked side."""
+        """The mask M (B, C, *spatial), bool: the unranked side whole, the top k% of the ranked side.
+
+        A pixel is a positive of class c where y_c > 0.5 (soft targets are split there).
+        """
         positive = y > 0.5
         ranked = positive if self.ranked_side == "positives" else ~positive
         if valid is not None:

@@ -43,9 +43,10 @@ from .ce import cross_entropy_map
 
 
 @lru_cache(maxsize=16)
-def _ball(radius: int, ndim: int) -> torch.Tensor:
+def _ball(radius: int, ndim: int, device: torch.device) -> torch.Tensor:
+    """The (1, 1, 2r+1, ...) 0/1 kernel of a ball of ``radius``, made once per device."""
     axes = torch.meshgrid(*[torch.arange(-radius, radius + 1, dtype=torch.float32)] * ndim, indexing="ij")
-    return (sum(a * a for a in axes) <= radius * radius).float()
+    return (sum(a * a for a in axes) <= radius * radius).float().to(device)[None, None]
 
 
 def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
     B, K = masks.shape[:2]
     spatial = masks.shape[2:]
     conv = F.conv2d if len(spatial) == 2 else F.conv3d
-    kernel = _ball(radius, len(spatial)).to(device=masks.device)[None, None]
+    kernel = _ball(radius, len(spatial), masks.device)
     with torch.autocast(masks.device.type, enabled=False):
         hits = conv(masks.reshape(B * K, 1, *spatial).float(), kernel, padding=radius)
     return (hits > 0.5).reshape(B, K, *spatial)
