@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import logged_train_losses, run_cli
+from conftest import logged_train_losses
 from nnunet_pmdice import trainers
 from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceFamilyLoss, DiceLoss, DilatedBalancedCETerm,
                                   FocalCrossEntropyTerm, LogDiceLoss, TopKCrossEntropyTerm, TopKDiceLoss,
