@@ -146,7 +146,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             m_t = _modulation_at_labels(p_t, g_t, vmask)
             inter_px = m_t * p_t
             den_px = torch.addcmul(m_t, inter_px, p_t) if squared else m_t + inter_px
-            lab = labels.view(B, -1)
+            lab = labels.reshape(B, -1)
             zeros = torch.zeros((B, C), dtype=cdt, device=p.device)
             intersect = zeros.scatter_add(1, lab, inter_px.view(B, -1))
             denom.scatter_add_(1, lab, den_px.view(B, -1))
@@ -186,7 +186,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             D.mul_(k.reshape(B, C, *([1] * (p.ndim - 2))))
 
             # label channel: d intersect / d p = m, d denom / d p = 2 m p (squared) or m
-            lab = labels.view(B, -1)
+            lab = labels.reshape(B, -1)
             m_t = _modulation_at_labels(p_t, g_t, vmask)
             gi = g_inter.gather(1, lab).view_as(p_t)
             gd = g_denom.gather(1, lab).view_as(p_t)

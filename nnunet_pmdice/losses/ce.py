@@ -11,6 +11,11 @@ where the Dice part can, see ``PMDiceLoss.forward_with_ce_map``) and hands it to
 - :class:`FocalCrossEntropyTerm` (paper eq. 3, Lin et al. 2017): ``(1 - p_t)**gamma * CE`` averaged
   over counted pixels, with the gradient through the modulating factor as in Lin et al.
 
+Every term is called as ``term(ce_map, loss_mask=None, target=None)``: ``target`` is the prepared
+target of the compound loss (the label map with the ignore label replaced, or the one-hot / region
+tensor without the ignore channel). The terms above do not need it; a term that weights pixels by the
+ground truth (:class:`nnunet_pmdice.losses.DilatedBalancedCETerm`) does.
+
 In region (sigmoid) mode the map is the element-wise binary cross entropy (B, C, *spatial) and the
 same reductions apply per element; with an ignore mask the mean is over counted elements (nnU-Net's
 ``DC_and_BCE_loss`` divides the masked sum by the number of counted *pixels*, which scales its BCE by
@@ -55,7 +60,8 @@ class CrossEntropyTerm(nn.Module):
 
     name = "CE"
 
-    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                target: Optional[torch.Tensor] = None) -> torch.Tensor:
         return ce_map.sum() / _counted(ce_map, loss_mask).clamp_min(1.0)
 
 
@@ -71,7 +77,8 @@ class TopKCrossEntropyTerm(nn.Module):
     def extra_repr(self) -> str:
         return f"k={self.k:g}"
 
-    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                target: Optional[torch.Tensor] = None) -> torch.Tensor:
         n = ce_map.numel()
         # nnU-Net's int(n * k / 100) is 0 on tiny inputs, and the mean of nothing is NaN.
         keep = max(1, int(n * self.k / 100))
@@ -90,7 +97,8 @@ class FocalCrossEntropyTerm(nn.Module):
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}"
 
-    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, ce_map: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                target: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.gamma == 0:
             focal = ce_map
         else:

@@ -25,7 +25,8 @@ class CompoundLoss(nn.Module):
 
     Args:
         dice: a Dice-family loss (``DiceFamilyLoss``) or None for a CE-only loss.
-        ce_term: a reduction of the per-pixel CE map (``CrossEntropyTerm`` & co.) or None.
+        ce_term: a reduction of the per-pixel CE map (``CrossEntropyTerm`` & co.) or None; called as
+            ``ce_term(ce_map, loss_mask, target)`` with the target after the ignore label is split off.
         weight_dice, weight_ce: weights of the two parts (>= 0; they need not sum to 1).
         ignore_label: nnU-Net's ignore label (an int for label datasets; any non-None value switches
             on the extra mask channel for region datasets), or None.
@@ -73,12 +74,12 @@ class CompoundLoss(nn.Module):
         use_ce = self.ce_term is not None and self.weight_ce != 0
         if use_dice and use_ce:
             dice_value, ce_map = self.dice.forward_with_ce_map(logits, target, mask)
-            return self.weight_dice * dice_value + self.weight_ce * self.ce_term(ce_map, mask)
+            return self.weight_dice * dice_value + self.weight_ce * self.ce_term(ce_map, mask, target)
         if use_dice:
             return self.weight_dice * self.dice(logits, target, mask)
         if use_ce:
             ce_map = cross_entropy_map(logits, target, mask, "sigmoid" if self.regions else "softmax")
-            return self.weight_ce * self.ce_term(ce_map, mask)
+            return self.weight_ce * self.ce_term(ce_map, mask, target)
         return logits.sum() * 0.0
 
 

@@ -16,13 +16,68 @@ def _ddp_active() -> bool:
 
 
 class DiceFamilyLoss(nn.Module):
-    """Base of the Dice-type losses: the ``forward_with_ce_map`` protocol used by compound losses.
+    r"""Base of the Dice-type losses: the Dice options, the mean over present classes, the CE-map protocol.
 
-    A compound loss asks its Dice part for ``(dice_value, ce_map)``. The default computes the
-    per-pixel cross entropy separately; losses that can share the softmax with the CE override it.
+    A subclass computes, per sample and class, the three sums ``intersect``, ``denom`` and ``gt_sum``
+    and hands them to :meth:`_dice_loss`, which forms :math:`D_{bc} = (2 I_{bc} + \epsilon) / (S_{bc} + \epsilon)`
+    (summed over the batch first with ``batch_dice``, gathered over ranks with ``ddp``) and returns the
+    mean of :meth:`pair_loss` over the (sample, class) pairs whose class is present in the ground truth.
+    ``pair_loss`` is ``1 - D`` for the Dice loss; class-level variants (logarithmic, focal Dice) override it.
+
+    A compound loss asks its Dice part for ``(dice_value, ce_map)`` (:meth:`forward_with_ce_map`). The
+    default computes the per-pixel cross entropy separately; losses that can share the softmax with the
+    CE override it.
+
+    Args (shared by every Dice-type loss of the package; the defaults are the paper's eq. 4):
+        batch_dice: sum over the batch and the spatial axes together (one Dice per class for the whole
+            batch, as nnU-Net's ``batch_dice``); "present" then means present anywhere in the batch.
+        do_bg: include channel 0 in the mean. The paper includes the background.
+        smooth: the paper's epsilon, added to numerator and denominator (default 1e-6). Must be > 0.
+        squared: denominator ``sum (y**2 + p**2)`` (paper, V-Net) or ``sum (y + p)``.
+        nonlin: ``"softmax"`` over C for label maps, ``"sigmoid"`` for nnU-Net region (multi-label)
+            training with a one-hot / multi-hot target.
+        ddp: with ``batch_dice``, gather the per-rank sums (with gradient) when torch.distributed is
+            initialised, so every rank optimises the global batch Dice. Ignored when it is not.
     """
 
     nonlin: str = "softmax"
+
+    def __init__(self, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-6, squared: bool = True,
+                 nonlin: str = "softmax", ddp: bool = False):
+        super().__init__()
+        self.nonlin = check_nonlin(nonlin)
+        self.batch_dice = bool(batch_dice)
+        self.do_bg = bool(do_bg)
+        self.smooth = check_number("smooth", smooth, strict=True)
+        self.squared = bool(squared)
+        self.ddp = bool(ddp)
+
+    def extra_repr(self) -> str:
+        return (f"batch_dice={self.batch_dice}, do_bg={self.do_bg}, smooth={self.smooth:g}, squared={self.squared}, "
+                f"nonlin={self.nonlin!r}, ddp={self.ddp}")
+
+    def pair_loss(self, dice: torch.Tensor) -> torch.Tensor:
+        """The loss of one (sample, class) pair from its Dice score: ``1 - D``."""
+        return 1.0 - dice
+
+    def _dice_loss(self, inter: torch.Tensor, denom: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        if not self.do_bg:
+            inter, denom, gt = inter[:, 1:], denom[:, 1:], gt[:, 1:]
+        if self.batch_dice:
+            inter, denom, gt = inter.sum(0), denom.sum(0), gt.sum(0)
+            if self.ddp and _ddp_active():
+                # Sum over the local batch first: ranks may hold different batch sizes.
+                from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+                inter = AllGatherGrad.apply(inter).sum(0)
+                denom = AllGatherGrad.apply(denom).sum(0)
+                gt = AllGatherGrad.apply(gt).sum(0)
+        dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
+        # Mean over present (sample, class) pairs without boolean indexing: no host sync and no
+        # data-dependent shape, so the loss also traces cleanly under torch.compile.
+        present = (gt > 0).to(dice.dtype)
+        n_present = present.sum()
+        mean_loss = (self.pair_loss(dice) * present).sum() / n_present.clamp_min(1.0)
+        return torch.where(n_present > 0, mean_loss, dice.sum() * 0.0)
 
     def forward_with_ce_map(self, logits: torch.Tensor, target: torch.Tensor,
                             loss_mask: Optional[torch.Tensor] = None):
@@ -50,15 +105,8 @@ class PMDiceLoss(DiceFamilyLoss):
             0, 0.5, 1, 2, 5. Must be >= 0.
         gamma_bg: overrides the gamma of channel 0 (background); the paper uses gamma_FG=2,
             gamma_BG=1 on MSSEG. Softmax mode only.
-        batch_dice: sum over the batch and the spatial axes together (one Dice per class for the
-            whole batch, as nnU-Net's ``batch_dice``); "present" then means present anywhere in the batch.
-        do_bg: include channel 0 in the mean. The paper includes the background.
-        smooth: the paper's epsilon, added to numerator and denominator (default 1e-6). Must be > 0.
-        squared: denominator ``sum m*(y**2 + p**2)`` (paper, V-Net) or ``sum m*(y + p)``.
-        nonlin: ``"softmax"`` over C for label maps, ``"sigmoid"`` for nnU-Net region (multi-label)
-            training with a one-hot / multi-hot target.
-        ddp: with ``batch_dice``, gather the per-rank sums (with gradient) when torch.distributed is
-            initialised, so every rank optimises the global batch Dice. Ignored when it is not.
+        batch_dice, do_bg, smooth, squared, nonlin, ddp: the Dice options of :class:`DiceFamilyLoss`
+            (defaults: the paper's, background included, epsilon 1e-6, squared denominator).
 
     Shapes:
         logits: raw network output (B, C, X, Y) or (B, C, X, Y, Z), any float dtype.
@@ -84,21 +132,14 @@ class PMDiceLoss(DiceFamilyLoss):
     def __init__(self, gamma: GammaArg = 1.0, gamma_bg: Optional[float] = None, batch_dice: bool = False,
                  do_bg: bool = True, smooth: float = 1e-6, squared: bool = True, nonlin: str = "softmax",
                  ddp: bool = False):
-        super().__init__()
+        super().__init__(batch_dice=batch_dice, do_bg=do_bg, smooth=smooth, squared=squared, nonlin=nonlin, ddp=ddp)
         self.gamma, self.gamma_bg = check_gamma(gamma, gamma_bg)
-        self.nonlin = check_nonlin(nonlin)
         if self.gamma_bg is not None and self.nonlin != "softmax":
             raise ValueError("gamma_bg only has a meaning in softmax mode, where channel 0 is the background; "
                              "in sigmoid (region) mode give one gamma per channel instead")
-        self.batch_dice = bool(batch_dice)
-        self.do_bg = bool(do_bg)
-        self.smooth = check_number("smooth", smooth, strict=True)
-        self.squared = bool(squared)
-        self.ddp = bool(ddp)
 
     def extra_repr(self) -> str:
-        return (f"gamma={self.gamma}, gamma_bg={self.gamma_bg}, batch_dice={self.batch_dice}, do_bg={self.do_bg}, "
-                f"smooth={self.smooth:g}, squared={self.squared}, nonlin={self.nonlin!r}, ddp={self.ddp}")
+        return f"gamma={self.gamma}, gamma_bg={self.gamma_bg}, " + super().extra_repr()
 
     def gammas_for(self, num_channels: int) -> Tuple[float, ...]:
         """The gamma of each of ``num_channels`` output channels."""
@@ -115,25 +156,6 @@ class PMDiceLoss(DiceFamilyLoss):
             return inter, denom, gt, (ce if with_ce else None)
         inter, denom, gt = DensePMDiceSums.apply(logits, t, mask, gammas, self.squared, self.nonlin)
         return inter, denom, gt, None
-
-    def _dice_loss(self, inter: torch.Tensor, denom: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        if not self.do_bg:
-            inter, denom, gt = inter[:, 1:], denom[:, 1:], gt[:, 1:]
-        if self.batch_dice:
-            inter, denom, gt = inter.sum(0), denom.sum(0), gt.sum(0)
-            if self.ddp and _ddp_active():
-                # Sum over the local batch first: ranks may hold different batch sizes.
-                from nnunetv2.utilities.ddp_allgather import AllGatherGrad
-                inter = AllGatherGrad.apply(inter).sum(0)
-                denom = AllGatherGrad.apply(denom).sum(0)
-                gt = AllGatherGrad.apply(gt).sum(0)
-        dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
-        # Mean over present (sample, class) pairs without boolean indexing: no host sync and no
-        # data-dependent shape, so the loss also traces cleanly under torch.compile.
-        present = (gt > 0).to(dice.dtype)
-        n_present = present.sum()
-        mean_dice = (dice * present).sum() / n_present.clamp_min(1.0)
-        return torch.where(n_present > 0, 1.0 - mean_dice, dice.sum() * 0.0)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

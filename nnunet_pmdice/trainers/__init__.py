@@ -7,6 +7,10 @@ Named trainers (each differs from ``nnUNetTrainer`` only in the loss):
 - ``nnUNetTrainerFocalCEPMDice``: Focal CE (gamma 2) + PM Dice;
 - ``nnUNetTrainerTopKCEPMDice``: TopK CE (k = 10%) + PM Dice.
 
+The paper's comparison losses and Dilated Balanced CE are in :mod:`.baselines` (``nnUNetTrainerDice``,
+``nnUNetTrainerTopKDice``, ``nnUNetTrainerDBCE``, ...); its "CE" row is nnU-Net's own ``nnUNetTrainerCELoss``,
+which accepts the budget options here (``nnUNetTrainerCELoss_50epochs``), as ``nnUNetTrainer`` does.
+
 Options go into the name (see :mod:`.naming`): ``nnUNetTrainerPMDice_g2_bg1`` is gamma_FG = 2,
 gamma_BG = 1 (the paper's MSSEG setting), ``nnUNetTrainerPMDice_g1-1-2-2`` one gamma per channel,
 ``nnUNetTrainerPMDice_50epochs`` a shorter budget. Classes for such names are made on first use by
@@ -17,7 +21,11 @@ from __future__ import annotations
 import threading
 from typing import Dict
 
+from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss as _nnUNetCELoss
+
 from .base import PluginLossTrainer, PluginTrainer, PluginTrainerMeta, trainer_by_name
+from .baselines import BASELINE_TRAINERS
+from .baselines import *  # noqa: F401,F403
 from .naming import TrainerNameError, parse_options
 
 
@@ -45,12 +53,21 @@ class nnUNetTrainerTopKCEPMDice(PluginLossTrainer):
     loss_kind = "topk_ce_pm_dice"
 
 
-#: base names that accept name options; "nnUNetTrainer" is nnU-Net's default trainer with budget options
-BASE_TRAINERS: Dict[str, type] = {"nnUNetTrainer": PluginTrainer}
-for _cls in (nnUNetTrainerPMDice, nnUNetTrainerCEPMDice, nnUNetTrainerFocalCEPMDice, nnUNetTrainerTopKCEPMDice):
+class _BudgetCELoss(PluginTrainer, _nnUNetCELoss):
+    """nnU-Net's ``nnUNetTrainerCELoss`` (its loss and everything else) with the budget options of the name grammar."""
+
+
+#: nnU-Net's own trainers that accept the budget options (``nnUNetTrainer_<n>epochs``); their plain names
+#: stay nnU-Net's: this module never defines them
+NNUNET_BASES: Dict[str, type] = {"nnUNetTrainer": PluginTrainer, "nnUNetTrainerCELoss": _BudgetCELoss}
+
+#: base names that accept name options
+BASE_TRAINERS: Dict[str, type] = dict(NNUNET_BASES)
+for _cls in (nnUNetTrainerPMDice, nnUNetTrainerCEPMDice, nnUNetTrainerFocalCEPMDice, nnUNetTrainerTopKCEPMDice,
+             *BASELINE_TRAINERS):
     BASE_TRAINERS[_cls.__name__] = _cls
 
-__all__ = [n for n in BASE_TRAINERS if n != "nnUNetTrainer"] + ["TrainerNameError", "trainer_class_for_name"]
+__all__ = [n for n in BASE_TRAINERS if n not in NNUNET_BASES] + ["TrainerNameError", "trainer_class_for_name"]
 
 _MADE: Dict[str, type] = {}
 _LOCK = threading.Lock()
@@ -67,8 +84,8 @@ def trainer_class_for_name(name: str) -> type:
     if base is None:
         raise AttributeError(f"module {__name__!r} has no trainer {name!r}")
     if name == base_name:
-        if base is PluginTrainer:
-            raise AttributeError("nnUNetTrainer is nnU-Net's own trainer; it is not defined here")
+        if base_name in NNUNET_BASES:
+            raise AttributeError(f"{name} is nnU-Net's own trainer; it is not defined here")
         return base
     with _LOCK:
         cls = _MADE.get(name)

@@ -8,9 +8,12 @@ token                     meaning                                               
 ``g<x>``                  PM Dice gamma for every class                           ``_g2``, ``_g0.5``
 ``g<x0>-<x1>-...``        one PM Dice gamma per output channel (0 = background)   ``_g1-2-2-3``
 ``bg<x>``                 PM Dice gamma of the background (channel 0)             ``_bg1``
-``k<x>``                  TopK: percentage of pixels kept (0 < k <= 100)          ``_k10``
+``k<x>``                  TopK CE: percentage of pixels kept (0 < k <= 100)       ``_k10``
+``kd<x>``                 TopK Dice / Zhao's Focal Dice: percentage kept          ``_kd20``
 ``fg<x>``                 Focal CE gamma                                          ``_fg2``
-``d<n>``                  Dilated Balanced CE: dilation in pixels/voxels          ``_d5``
+``fb<x>``                 Focal Dice (Wang & Chung) beta: Dice ** (1 / beta)      ``_fb2``
+``lg<x>``                 Logarithmic Dice gamma: (-ln Dice) ** gamma             ``_lg0.3``
+``d<n>``                  Dilated Balanced CE: dilation radius in pixels/voxels   ``_d5``
 ``<n>epochs``             number of epochs (nnU-Net's ``nnUNetTrainer_<n>epochs``)  ``_50epochs``
 ``<n>iters``              training iterations per epoch (validation: n/5, >= 1)   ``_20iters``
 ========================  ======================================================  ==================
@@ -28,6 +31,9 @@ _PREFIX_TOKENS = (
     # (option, prefix, value pattern) -- longer prefixes first so "bg1" is not read as "b"+"g1"
     ("gamma_bg", "bg", _NUM),
     ("focal_gamma", "fg", _NUM),
+    ("focal_beta", "fb", _NUM),
+    ("log_gamma", "lg", _NUM),
+    ("dice_k", "kd", _NUM),
     ("gamma", "g", rf"{_NUM}(?:-{_NUM})*"),
     ("k", "k", _NUM),
     ("dilation", "d", r"\d+"),
@@ -37,9 +43,12 @@ _SUFFIX_TOKENS = (("epochs", "epochs"), ("iters", "iters"))
 OPTION_HELP = {
     "gamma": "g<x> or g<x0>-<x1>-... (PM Dice gamma, one value or one per channel)",
     "gamma_bg": "bg<x> (PM Dice gamma of the background)",
-    "k": "k<x> (TopK percentage, 0 < x <= 100)",
+    "k": "k<x> (TopK CE percentage, 0 < x <= 100)",
+    "dice_k": "kd<x> (TopK Dice / Zhao Focal Dice percentage, 0 < x <= 100)",
     "focal_gamma": "fg<x> (Focal CE gamma)",
-    "dilation": "d<n> (Dilated Balanced CE dilation)",
+    "focal_beta": "fb<x> (Focal Dice beta, > 0)",
+    "log_gamma": "lg<x> (Logarithmic Dice gamma, > 0)",
+    "dilation": "d<n> (Dilated Balanced CE dilation radius)",
     "epochs": "<n>epochs (number of epochs)",
     "iters": "<n>iters (training iterations per epoch)",
 }
@@ -93,7 +102,9 @@ def parse_options(name: str, base: str, allowed: Iterable[str]) -> Dict[str, obj
             raise TrainerNameError(f"trainer name {name!r}: option {option!r} is given twice")
         if option in ("epochs", "iters") and value < 1:
             raise TrainerNameError(f"trainer name {name!r}: {token!r} must be at least 1")
-        if option == "k" and not 0 < value <= 100:
-            raise TrainerNameError(f"trainer name {name!r}: {token!r}: k is a percentage, 0 < k <= 100")
+        if option in ("k", "dice_k") and not 0 < value <= 100:
+            raise TrainerNameError(f"trainer name {name!r}: {token!r}: {option} is a percentage, 0 < k <= 100")
+        if option in ("focal_beta", "log_gamma") and value <= 0:
+            raise TrainerNameError(f"trainer name {name!r}: {token!r}: {option} must be > 0")
         options[option] = value
     return options
