@@ -61,7 +61,22 @@ def _add_convert(sub) -> None:
     add_convert_parser(sub)
 
 
-SUBCOMMANDS = [_add_ext_path, _add_synth, _add_convert, _add_bench_loss]
+def _add_evaluate(sub) -> None:
+    from .evaluation.evaluate import add_parser
+    add_parser(sub)
+
+
+def _add_benchmark(sub) -> None:
+    from .benchmark.runner import add_parser
+    add_parser(sub)
+
+
+def _add_demo(sub) -> None:
+    from .benchmark.demo import add_parser
+    add_parser(sub)
+
+
+SUBCOMMANDS = [_add_demo, _add_benchmark, _add_evaluate, _add_synth, _add_convert, _add_bench_loss, _add_ext_path]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,7 +133,8 @@ def build_trainer_loss(trainer) -> nn.Module:
              f"  resolved options: {opts}",
              f"  dataset: batch_dice={ctx.batch_dice}, regions={ctx.regions}, ignore_label={ctx.ignore_label}, "
              f"ddp={ctx.ddp}, output channels={ctx.num_heads}"]
-    pm = next((m for m in core.modules() if isinstance(m, PMDiceLoss)), None)
+    # exactly PM Dice: the Dice-family baselines subclass it with gamma 0, where a gamma line would mislead
+    pm = next((m for m in core.modules() if type(m) is PMDiceLoss), None)
     if pm is not None:
         lines.append(f"  PM Dice gamma per output channel: {list(pm.gammas_for(ctx.num_heads))}")
     lines.append(f"  torch.compile: {compiled}; deep supervision weights: "

@@ -1,0 +1,13 @@
+"""Evaluation as in the paper: per-case Dice, IoU, NSD, precision, recall; tables and plots.
+
+- :mod:`.metrics`: the metrics of one class in one case, and the empty-mask rules;
+- :mod:`.aggregate`: mean over cases, then over classes, then over runs; CSV/JSON/markdown writers;
+- :mod:`.evaluate`: a prediction folder against a reference folder (``nnunet-pmdice evaluate``);
+- :mod:`.plots`: the benchmark's figures (matplotlib, Agg backend).
+"""
+from .aggregate import combine_runs, markdown_table, summarize
+from .evaluate import Evaluation, evaluate_folders, write_evaluation
+from .metrics import DEFAULT_TAU, METRICS, ClassMetrics, case_metrics, class_metrics, normalized_surface_dice
+
+__all__ = ["DEFAULT_TAU", "METRICS", "ClassMetrics", "case_metrics", "class_metrics", "normalized_surface_dice",
+           "summarize", "combine_runs", "markdown_table", "Evaluation", "evaluate_folders", "write_evaluation"]

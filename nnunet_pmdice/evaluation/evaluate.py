@@ -1,0 +1,170 @@
+"""Evaluating a folder of predictions against a folder of references (``nnunet-pmdice evaluate``).
+
+Files are read with nnU-Net's reader/writer for the dataset (the one ``dataset.json`` names, else the
+one its file ending selects), so every format nnU-Net reads is supported (2D PNG, 3D NIfTI, ...),
+and the spacing comes from the reference image. Classes (labels or regions) and the ignore label
+come from ``dataset.json`` through nnU-Net's ``LabelManager``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .._atomic import write_json, write_text
+from .aggregate import CASE_COLUMNS, combine_runs, markdown_table, summarize, write_csv
+from .metrics import DEFAULT_TAU, LabelOrRegion, case_metrics, classes_from_dataset_json, squeeze_spatial
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate_folders`."""
+
+    case_rows: List[Dict]
+    summary: Dict
+    classes: List[Tuple[str, LabelOrRegion]]
+    tau: float
+    tau_unit: str
+    ignore_label: Optional[int] = None
+    extra_predictions: List[str] = field(default_factory=list)
+
+    def summary_json(self) -> Dict:
+        return {"tau": self.tau, "tau_unit": self.tau_unit,
+                "classes": [{"name": n, "label_or_region": v} for n, v in self.classes],
+                "ignore_label": self.ignore_label, "extra_predictions_not_evaluated": self.extra_predictions,
+                **self.summary}
+
+
+def find_dataset_json(pred_folder: Path, gt_folder: Path, dataset_json=None) -> Path:
+    """``dataset_json`` if given; else the copy nnUNetv2_predict writes into the prediction folder;
+    else the raw dataset's (the parent of ``labelsTs``)."""
+    if dataset_json is not None:
+        path = Path(dataset_json)
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset.json {path} does not exist")
+        return path
+    for path in (pred_folder / "dataset.json", gt_folder.parent / "dataset.json"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no dataset.json in {pred_folder} or {gt_folder.parent}; pass --dataset-json")
+
+
+def _evaluate_case(args) -> List[Dict]:
+    reader_cls, ref_file, pred_file, classes, tau, ignore_label, ending = args
+    reader = reader_cls()
+    ref, props = reader.read_seg(str(ref_file))
+    pred, _ = reader.read_seg(str(pred_file))
+    if ref.shape != pred.shape:
+        raise ValueError(f"prediction {pred_file} has shape {pred.shape[1:]}, reference {ref_file} has "
+                         f"{ref.shape[1:]}")
+    ref, spacing = squeeze_spatial(ref, props["spacing"])
+    pred, _ = squeeze_spatial(pred, props["spacing"])
+    metrics = case_metrics(ref, pred, classes, spacing, tau, ignore_label)
+    case = Path(ref_file).name[: -len(ending)]
+    return [{"case": case, "class": name, **m.as_dict()} for name, m in metrics.items()]
+
+
+def evaluate_folders(gt_folder, pred_folder, dataset_json=None, tau: float = DEFAULT_TAU, num_processes: int = 1,
+                     progress: bool = True) -> Evaluation:
+    """Per-case metrics and the paper's aggregate of every reference case in ``gt_folder``.
+
+    Args:
+        gt_folder: reference label maps (e.g. ``labelsTs``), named ``<case><file_ending>``.
+        pred_folder: predictions with the same file names (e.g. the output of ``nnUNetv2_predict``).
+            Every reference case needs one; predictions without a reference are listed, not evaluated.
+        dataset_json: path of the dataset's ``dataset.json``; found automatically when omitted
+            (see :func:`find_dataset_json`).
+        tau: NSD tolerance in the units of the image spacing (mm; pixels for 2D natural images).
+        num_processes: worker processes (cases are independent).
+        progress: show a tqdm bar.
+    """
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    gt_folder, pred_folder = Path(gt_folder), Path(pred_folder)
+    for what, folder in (("reference", gt_folder), ("prediction", pred_folder)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
+    if not (tau >= 0 and tau != float("inf")):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+    dj_path = find_dataset_json(pred_folder, gt_folder, dataset_json)
+    dj = json.loads(dj_path.read_text())
+    ending = dj.get("file_ending")
+    if not ending:
+        raise ValueError(f"{dj_path} has no 'file_ending'")
+    classes, ignore_label = classes_from_dataset_json(dj)
+    refs = sorted(p for p in gt_folder.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
+    if not refs:
+        raise FileNotFoundError(f"no reference files ending in {ending!r} in {gt_folder}")
+    missing = [p.name for p in refs if not (pred_folder / p.name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pred_folder} has no prediction for {len(missing)} of {len(refs)} reference "
+                                f"cases, e.g. {missing[:5]}")
+    ref_names = {p.name for p in refs}
+    extra = sorted(p.name for p in pred_folder.iterdir() if p.name.endswith(ending) and p.name not in ref_names)
+    reader_cls = determine_reader_writer_from_dataset_json(dj, str(refs[0]), verbose=False)
+    jobs = [(reader_cls, p, pred_folder / p.name, classes, float(tau), ignore_label, ending) for p in refs]
+
+    from tqdm import tqdm
+    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
+    if num_processes == 1:
+        per_case = [_evaluate_case(j) for j in tqdm(jobs, **bar)]
+    else:
+        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
+            per_case = list(tqdm(pool.map(_evaluate_case, jobs), **bar))
+    rows = [r for case in per_case for r in case]
+    summary = summarize(rows, [n for n, _ in classes])
+    unit = "pixels" if reader_cls is NaturalImage2DIO else "mm"
+    return Evaluation(rows, summary, classes, float(tau), unit, ignore_label, extra)
+
+
+def write_evaluation(result: Evaluation, out_folder, title: str = "predictions") -> Dict[str, Path]:
+    """Writes ``per_case.csv``, ``summary.json`` and ``table.md`` into ``out_folder`` (each atomically)."""
+    out = Path(out_folder)
+    paths = {"per_case": out / "per_case.csv", "summary": out / "summary.json", "table": out / "table.md"}
+    write_csv(paths["per_case"], result.case_rows, CASE_COLUMNS)
+    write_json(paths["summary"], result.summary_json())
+    write_text(paths["table"], markdown_table({title: combine_runs([result.summary])}))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def add_parser(sub) -> None:
+    """Registers ``nnunet-pmdice evaluate``."""
+    p = sub.add_parser("evaluate", help="Dice, IoU, NSD, precision and recall of a prediction folder",
+                       description="Per-case metrics of every reference case and the paper's aggregate (mean "
+                                   "over cases, then over foreground classes). Writes per_case.csv, summary.json "
+                                   "and table.md.")
+    p.add_argument("gt_folder", help="reference label maps, e.g. nnUNet_raw/DatasetXXX/labelsTs")
+    p.add_argument("pred_folder", help="predictions with the same file names (nnUNetv2_predict output)")
+    p.add_argument("--dataset-json", help="the dataset's dataset.json (default: PRED_FOLDER/dataset.json, "
+                                          "else the one beside GT_FOLDER)")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU,
+                   help=f"NSD tolerance in mm (3D) or pixels (2D images) (default {DEFAULT_TAU})")
+    p.add_argument("-o", "--out", help="output folder (default: PRED_FOLDER/evaluation)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    result = evaluate_folders(args.gt_folder, args.pred_folder, args.dataset_json, args.tau, args.num_processes)
+    out = Path(args.out) if args.out else Path(args.pred_folder) / "evaluation"
+    paths = write_evaluation(result, out, title=Path(args.pred_folder).name)
+    print(paths["table"].read_text(), end="")
+    print(f"NSD tolerance tau = {result.tau:g} {result.tau_unit}; {result.summary['num_cases']} cases")
+    if result.extra_predictions:
+        print(f"note: {len(result.extra_predictions)} predictions have no reference and were not evaluated",
+              file=sys.stderr)
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+__all__ = ["Evaluation", "evaluate_folders", "write_evaluation", "find_dataset_json"]

@@ -1,0 +1,184 @@
+"""The benchmark and the demo: trainer budgets, settings, and an end-to-end run through nnU-Net's CLIs on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_pmdice.benchmark.runner import (BenchmarkSettings, check_trainer_names, choose_baseline,
+                                            dataset_folder_name, is_baseline_name, trainer_budget, with_budget)
+
+from conftest import nnunet_env
+
+
+# ------------------------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("name,budget", [
+    ("nnUNetTrainer", (None, None)), ("nnUNetTrainer_5epochs", (5, None)), ("nnUNetTrainer_1epoch", (1, None)),
+    ("nnUNetTrainerPMDice_g2_bg1_50epochs_100iters", (50, 100)), ("nnUNetTrainerPMDice_7iters", (None, 7))])
+def test_trainer_budget(name, budget):
+    assert trainer_budget(name) == budget
+
+
+def test_with_budget_appends_and_refuses_two_budgets():
+    assert with_budget("nnUNetTrainerPMDice_g2", 3, 4) == "nnUNetTrainerPMDice_g2_3epochs_4iters"
+    assert with_budget("nnUNetTrainer") == "nnUNetTrainer"
+    with pytest.raises(ValueError, match="already sets its epochs"):
+        with_budget("nnUNetTrainer_5epochs", epochs=3)
+    with pytest.raises(ValueError, match="--iters"):
+        with_budget("nnUNetTrainer", iters=0)
+
+
+def test_baseline_is_nnunets_default_trainer_first():
+    assert is_baseline_name("nnUNetTrainer_3epochs_2iters") and not is_baseline_name("nnUNetTrainerPMDice")
+    names, base = choose_baseline(["nnUNetTrainerPMDice_2epochs", "nnUNetTrainer_2epochs"])
+    assert names == ["nnUNetTrainer_2epochs", "nnUNetTrainerPMDice_2epochs"] and base == "nnUNetTrainer_2epochs"
+    names, base = choose_baseline(["nnUNetTrainerPMDice_2epochs_3iters"])          # added, same budget
+    assert base == "nnUNetTrainer_2epochs_3iters" and names[0] == base
+
+
+def test_trainer_names_checked_before_any_training():
+    check_trainer_names(["nnUNetTrainer_2epochs", "nnUNetTrainerPMDice_g2_bg1_2epochs", "nnUNetTrainerCELoss"])
+    with pytest.raises(ValueError, match="nnUNetTrainerNoSuchThing"):
+        check_trainer_names(["nnUNetTrainerNoSuchThing"])
+    with pytest.raises(ValueError):
+        check_trainer_names(["nnUNetTrainerPMDice_gx"])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(runs=0), "--runs"), (dict(fold="x"), "--fold"), (dict(device="tpu"), "--device"),
+    (dict(jobs=0), "--jobs"), (dict(gpus=["0"], device="cpu"), "--gpus"), (dict(only_runs=[3]), "--only-runs"),
+    (dict(tau=-1.0), "--tau"), (dict(baseline="nope"), "baseline")])
+def test_bad_settings_raise(kwargs, message):
+    args = dict(dataset="500", configuration="2d", trainers=["nnUNetTrainer"], out="x")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        BenchmarkSettings(**args)
+
+
+def test_dataset_lookup_errors(tmp_path):
+    (tmp_path / "Dataset005_A").mkdir()
+    assert dataset_folder_name("5", tmp_path) == "Dataset005_A"
+    with pytest.raises(FileNotFoundError, match="no dataset with id 6"):
+        dataset_folder_name(6, tmp_path)
+    with pytest.raises(ValueError, match="-d"):
+        dataset_folder_name("abc", tmp_path)
+
+
+# ------------------------------------------------------------------------ end to end, through the CLIs
+
+BUDGET = ["--epochs", "1", "--iters", "2"]
+T_BASE, T_PM = "nnUNetTrainer_1epochs_2iters", "nnUNetTrainerPMDice_1epochs_2iters"
+
+
+def cli(args, env, check=True):
+    res = subprocess.run([sys.executable, "-m", "nnunet_pmdice.cli", *args], env=env, capture_output=True,
+                         text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"exit {res.returncode}:\n{(res.stdout + res.stderr)[-6000:]}")
+    return res
+
+
+def command_lines(out: Path, tool: str):
+    return [ln for ln in (out / "commands.log").read_text().splitlines() if f" {tool} " in f" {ln} "]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """``nnunet-pmdice demo`` with a tiny dataset and budget: synthetic data, nnU-Net plan/train/predict."""
+    out = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", nnUNet_compile="f")
+    res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
+               "--size", "48", "48", "--seed", "3"], env)
+    return out, env, res
+
+
+@pytest.mark.integration
+def test_demo_writes_table_plots_and_command_log(demo):
+    out, _, res = demo
+    table = (out / "table.md").read_text()
+    rows = [ln for ln in table.splitlines() if ln.startswith("| nnUNet")]
+    assert rows[0].startswith(f"| {T_BASE} (baseline) |") and rows[1].startswith(f"| {T_PM} |")
+    assert "| mDice | mIoU | mNSD | mPrec. | mRec. |" in table and "NSD tau = 1 pixels" in table
+    assert table in res.stdout.replace("\n\n", "\n") or rows[0] in res.stdout
+    per_case = (out / "per_case.csv").read_text().strip().splitlines()
+    assert per_case[0].startswith("trainer,run,case,class,dice")
+    assert len(per_case) == 1 + 2 * 3                              # 2 trainers x 3 test cases x 1 class
+    for png in ("metrics.png", "per_case.png", "overlays.png"):
+        data = (out / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["trainers"]) == {T_BASE, T_PM} and not summary["unfinished"]
+    for t in (T_BASE, T_PM):
+        m = summary["trainers"][t]["mean"]["dice"]["mean"]
+        assert 0.0 <= m <= 1.0
+        done = json.loads((out / "runs" / "run_1" / t / "done.json").read_text())
+        assert done["timings"]["train_s"] > 0 and done["timings"]["predict_s"] > 0
+    trains = command_lines(out, "nnUNetv2_train")
+    assert len(trains) == 2 and all("-device cpu" in ln and "nnUNet_results=" in ln for ln in trains)
+    assert len(command_lines(out, "nnUNetv2_plan_and_preprocess")) == 1
+    assert len(command_lines(out, "nnUNetv2_predict")) == 2
+    # the per-run nnU-Net results folder holds nnU-Net's own training output
+    assert (out / "runs" / "run_1" / "nnUNet_results" / "Dataset500_SynthPolyp2D" / f"{T_PM}__nnUNetPlans__2d"
+            / "fold_all" / "checkpoint_final.pth").is_file()
+
+
+@pytest.mark.integration
+def test_rerun_skips_finished_jobs_and_redoes_a_crashed_one(demo):
+    out, env, _ = demo
+    before = len(command_lines(out, "nnUNetv2_train"))
+    res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
+               "--size", "48", "48", "--seed", "3"], env)
+    assert res.stdout.count("finished before: skipped") == 2 and "already preprocessed" in res.stdout
+    assert len(command_lines(out, "nnUNetv2_train")) == before
+
+    # a crash of the PM Dice job after its checkpoint: no train.ok, no predictions, no done.json
+    job = out / "runs" / "run_1" / T_PM
+    for p in (job / "done.json", job / "logs" / "train.ok"):
+        p.unlink()
+    shutil.rmtree(job / "predictions")
+    shutil.rmtree(job / "evaluation")
+    bench_env = nnunet_env_of_demo(out, env)
+    res = cli(["benchmark", "-d", "500", "-c", "2d", "-tr", "nnUNetTrainerPMDice", *BUDGET, "--device", "cpu",
+               "-o", str(out)], bench_env)
+    assert f"[run 1 {T_BASE}] finished before: skipped" in res.stdout
+    trains = command_lines(out, "nnUNetv2_train")
+    assert len(trains) == before + 1 and T_PM in trains[-1] and trains[-1].endswith("--c")
+    assert (job / "done.json").is_file() and len(list((job / "predictions").glob("*.png"))) == 3
+    assert "(baseline)" in (out / "table.md").read_text()
+
+
+def nnunet_env_of_demo(out: Path, env):
+    return dict(env, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
+                nnUNet_results=str(out / "nnUNet_results"))
+
+
+@pytest.mark.integration
+def test_report_only_and_other_settings_refused(demo, tmp_path):
+    out, env, _ = demo
+    bench_env = nnunet_env_of_demo(out, env)
+    (out / "table.md").unlink()
+    res = cli(["benchmark", "-d", "500", "-c", "2d", "-tr", "nnUNetTrainerPMDice", *BUDGET, "--device", "cpu",
+               "-o", str(out), "--report-only"], bench_env)
+    assert (out / "table.md").is_file() and "nnUNetv2_train" not in res.stdout
+    res = cli(["benchmark", "-d", "500", "-c", "3d_fullres", "-tr", "nnUNetTrainerPMDice", "--device", "cpu",
+               "-o", str(out), "--report-only"], bench_env, check=False)
+    assert res.returncode == 2 and "other settings" in res.stderr
+
+
+def test_benchmark_needs_held_out_test_cases(tmp_path):
+    from nnunet_pmdice.synthetic import generate
+    env = nnunet_env(tmp_path)
+    folder = generate("polyp2d", env["nnUNet_raw"], 321, num_train=2, num_test=0, size=(32, 32))
+    shutil.rmtree(folder / "imagesTs")
+    res = cli(["benchmark", "-d", "321", "-c", "2d", "-tr", "nnUNetTrainerPMDice", "--device", "cpu", "-o",
+               str(tmp_path / "out")], env, check=False)
+    assert res.returncode == 2 and "imagesTs" in res.stderr
+    res = cli(["benchmark", "-d", "321", "-c", "2d", "-tr", "nnUNetTrainerNoSuchThing", "--device", "cpu", "-o",
+               str(tmp_path / "out")], env, check=False)
+    assert res.returncode == 2 and "nnUNetTrainerNoSuchThing" in res.stderr
