@@ -59,6 +59,14 @@ def _nnunet_dice(C):
                                        smooth=1e-5, ddp=False)
 
 
+def _nnunet_dice_bg(C):
+    """nnU-Net's Dice with the background channel, as PM Dice has it (the paper's eq. 4-5): like for like."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=True,
+                                       smooth=1e-5, ddp=False)
+
+
 def _nnunet_dc_ce(C):
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -93,6 +101,7 @@ def default_cases() -> List[LossCase]:
     cases = [
         LossCase(DICE_BASE, "", _nnunet_dice),
         LossCase(CE_BASE, "", _nnunet_dc_ce),
+        LossCase("nnU-Net MemoryEfficientSoftDiceLoss, do_bg=True", DICE_BASE, _nnunet_dice_bg),
         LossCase("PM Dice gamma 1", DICE_BASE, _pm(gamma=1.0)),
         LossCase("PM Dice gamma 2, gamma_bg 1", DICE_BASE, _pm(gamma=2.0, gamma_bg=1.0)),
         LossCase("PM Dice gamma 0.5", DICE_BASE, _pm(gamma=0.5)),
@@ -110,7 +119,7 @@ def _other_package_losses() -> List[LossCase]:
     from nnunet_pmdice import losses
     found = []
     for cls_name, label in (("TopKDiceLoss", "TopK Dice"), ("ZhaoFocalDiceLoss", "Focal Dice (Zhao)"),
-                            ("LogDiceLoss", "Logarithmic Dice"), ("FocalDiceLoss", "Focal Dice (Wang/Prencipe)")):
+                            ("LogDiceLoss", "Logarithmic Dice"), ("WangFocalDiceLoss", "Focal Dice (Wang/Prencipe)")):
         cls = getattr(losses, cls_name, None)
         if cls is not None:
             found.append(LossCase(label, DICE_BASE, lambda C, cls=cls: cls()))

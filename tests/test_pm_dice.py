@@ -177,6 +177,26 @@ def test_matches_reference_float32(kw, ndim, masked):
         assert torch.all(ga.masked_select(mask == 0) == 0), "ignored pixels must get no gradient"
 
 
+@pytest.mark.parametrize("kw", [dict(gamma=1.0), dict(gamma=2.0, gamma_bg=1.0, batch_dice=True)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_large_images_split_into_scatter_rows_match_reference(kw, masked):
+    """Samples of more than 16384 pixels are summed in several rows per sample (a CPU speed-up)."""
+    from nnunet_pmdice.losses._kernels import _scatter_rows
+    spatial = (96, 200)                                  # 19200 pixels: 2 rows of 9600
+    assert _scatter_rows(96 * 200, torch.device("cpu")) == 2
+    torch.manual_seed(4)
+    x = (3 * torch.randn(2, 3, *spatial)).requires_grad_()
+    t = torch.randint(0, 3, (2, 1, *spatial))
+    t[1] = 0                                             # a sample with only background
+    mask = (torch.rand(2, 1, *spatial) > 0.25).float() if masked else None
+    a = PMDiceLoss(**kw)(x, t, mask)
+    b = reference_pm_dice(x, t, loss_mask=mask, **kw)
+    assert a.item() == pytest.approx(b.item(), abs=2e-6)
+    ga, = torch.autograd.grad(a, x)
+    gb, = torch.autograd.grad(b, x)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-8)
+
+
 @pytest.mark.parametrize("kw", [dict(gamma=1.0), dict(gamma=[0.5, 2.0, 1.0], batch_dice=True)])
 def test_sigmoid_matches_reference(kw):
     torch.manual_seed(4)
