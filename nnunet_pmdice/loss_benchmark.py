@@ -133,7 +133,6 @@ def _sync(device):
 
 def _fwd_bwd(loss_fn, logits, target, autocast_dtype):
     if isinstance(logits, list):
-        grads = [l.grad for l in logits]
         for l in logits:
             l.grad = None
     else:
@@ -429,7 +428,6 @@ def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dic
 
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
-    import platform
     p = argparse.ArgumentParser(prog="nnunet-pmdice bench-loss", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)

@@ -31,14 +31,13 @@ lesion3d    24 x 48 x 48       lesion 0.04% (MSSEG-like severe imbalance)
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
+
+from ._atomic import building_folder
 
 KINDS = ("polyp2d", "cardiac3d", "lesion3d")
 
@@ -212,9 +211,7 @@ def generate(kind: str, raw_root, dataset_id: int, num_train: int = 20, num_test
     target = raw_root / name
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-    raw_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=raw_root))
-    try:
+    with building_folder(target) as tmp:
         folders = {k: tmp / k for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
         for f in folders.values():
             f.mkdir()
@@ -246,10 +243,4 @@ def generate(kind: str, raw_root, dataset_id: int, num_train: int = 20, num_test
                               description=f"nnunet-pmdice synthetic '{kind}' dataset, seed {seed}, size {size}",
                               overwrite_image_reader_writer="NaturalImage2DIO" if kind == "polyp2d"
                               else "SimpleITKIO", synthetic=record)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
