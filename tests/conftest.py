@@ -27,6 +27,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The command-line tools of the environment running the tests (nnUNetv2_*, nnunet-pmdice) are found by
+# name, as in an activated environment, also when pytest runs as .venv/bin/python -m pytest.
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
 #: dataset ids used by the shared fixtures (kept clear of the ids tests create themselves)
 DATASETS = {
     "polyp2d": (901, "2d", dict(num_train=8, num_test=2, size=(64, 64))),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,9 @@ def cli(args, env, check=True):
 
 
 def command_lines(out: Path, tool: str):
-    return [ln for ln in (out / "commands.log").read_text().splitlines() if f" {tool} " in f" {ln} "]
+    """Lines of commands.log that run ``tool`` (by name or by its path in the environment's bin folder)."""
+    pattern = re.compile(rf"(^|[ /]){re.escape(tool)}( |$)")
+    return [ln for ln in (out / "commands.log").read_text().splitlines() if pattern.search(ln)]
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,13 @@ LOGGED_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def
               "nnUNet_compile", "CUDA_VISIBLE_DEVICES", "nnUNet_extTrainer", "OMP_WAIT_POLICY")
 
 
+def nnunet_tool(name: str) -> str:
+    """The path of an nnU-Net command installed beside this Python (a virtual environment that was not
+    activated has its commands off ``PATH``), else the bare name, looked up on ``PATH``."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.is_file() else name
+
+
 class StepFailed(RuntimeError):
     """An nnU-Net command of a job exited with an error."""
 
@@ -359,7 +366,8 @@ class Benchmark:
                                  f"nnUNetv2_plan_and_preprocess with your planner first")
             self._say(f"[prepare] nnUNetv2_plan_and_preprocess {self.dataset_name} {self.s.configuration} "
                       f"(log: {self.out / 'logs' / 'preprocess.log'})")
-            t = self.run_command(["nnUNetv2_plan_and_preprocess", "-d", self.dataset_id(), "-c", self.s.configuration,
+            t = self.run_command([nnunet_tool("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id(),
+                                  "-c", self.s.configuration,
                                   "-np", str(self.s.preprocess_processes), "-npfp", str(self.s.preprocess_processes),
                                   "--verify_dataset_integrity"], {},
                                  self.out / "logs" / "preprocess.log", "prepare")
@@ -418,7 +426,8 @@ class Benchmark:
             train_env = dict(extra)
             if self.s.device == "cpu":
                 train_env.setdefault("nnUNet_n_proc_DA", self.env.get("nnUNet_n_proc_DA", "0"))
-            cmd = ["nnUNetv2_train", self.dataset_id(), self.s.configuration, self.s.fold, "-tr", job.trainer,
+            cmd = [nnunet_tool("nnUNetv2_train"), self.dataset_id(), self.s.configuration, self.s.fold,
+                   "-tr", job.trainer,
                    "-p", self.s.plans, "-device", self.s.device] + (["--c"] if resume else [])
             self._say(f"[{job.tag}] train{' (continuing from its checkpoint)' if resume else ''} "
                       f"(log: {logs / 'train.log'})")
@@ -432,7 +441,8 @@ class Benchmark:
         if not predictions.is_dir():
             tmp = job.folder / ".predictions.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            cmd = ["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(tmp), "-d", self.dataset_id(),
+            cmd = [nnunet_tool("nnUNetv2_predict"), "-i", str(self.raw / "imagesTs"), "-o", str(tmp),
+                   "-d", self.dataset_id(),
                    "-c", self.s.configuration, "-f", self.s.fold, "-tr", job.trainer, "-p", self.s.plans,
                    "-device", self.s.device, "--disable_progress_bar"]
             if self.s.device == "cpu":
