@@ -182,8 +182,9 @@ def test_matches_reference_float32(kw, ndim, masked):
 def test_large_images_split_into_scatter_rows_match_reference(kw, masked):
     """Samples of more than 16384 pixels are summed in several rows per sample (a CPU speed-up)."""
     from nnunet_pmdice.losses._kernels import _scatter_rows
-    spatial = (96, 200)                                  # 19200 pixels: 2 rows of 9600
-    assert _scatter_rows(96 * 200, torch.device("cpu")) == 2
+    spatial = (128, 160)                                 # 20480 pixels: 5 rows of 4096
+    assert _scatter_rows(128 * 160, torch.device("cpu")) == 5
+    assert _scatter_rows(96 * 201, torch.device("cpu")) == 1   # no power-of-two row length: one row
     torch.manual_seed(4)
     x = (3 * torch.randn(2, 3, *spatial)).requires_grad_()
     t = torch.randint(0, 3, (2, 1, *spatial))
