@@ -29,10 +29,9 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .common import (ConversionError, ConversionResult, PathLike, case_error, dataset_folder_name,
-                     resolve_num_processes, install_splits, iter_sorted_dirs, parallel_map, prepare_target,
-                     resolve_preprocessed_root, resolve_raw_root, staged_dataset, stale_preprocessed_note,
-                     write_dataset_json, write_record, write_split_files)
+from .common import (ConversionError, ConversionResult, PathLike, case_error, destination, resolve_num_processes,
+                     install_splits, iter_sorted_dirs, parallel_map, staged_dataset, write_dataset_json, write_record,
+                     write_split_files)
 from .nifti import find_nifti, label_values, match_grid, read_image, spacing_zyx, write_image, write_label
 
 NAME = "ACDC"
@@ -184,11 +183,8 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
            "test = patients " + " ".join(p[7:] for p in TRANSUNET_TEST) + "; validation (fold 0) = patients "
            + " ".join(p[7:] for p in TRANSUNET_VAL) + "; training = the other 70 patients.")
 
-    raw_root = resolve_raw_root(raw_root)
-    preprocessed = resolve_preprocessed_root(preprocessed_root, install_split)
-    name = dataset_folder_name(dataset_id, NAME)
-    target = prepare_target(raw_root, name, overwrite, preprocessed)
-    notes = stale_preprocessed_note(preprocessed, name)
+    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
+                                                    NAME, overwrite)
     with staged_dataset(target, overwrite) as tmp:
         tasks = []
         parts = [("Tr", [f for p in TRANSUNET_TRAIN + TRANSUNET_VAL for f in frames[p]]),

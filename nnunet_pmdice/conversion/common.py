@@ -394,6 +394,17 @@ def stale_preprocessed_note(preprocessed_root: Optional[Path], name: str) -> Lis
     return []
 
 
+def destination(raw_root: Optional[PathLike], preprocessed_root: Optional[PathLike], install_split: bool,
+                dataset_id: int, dataset_name: str, overwrite: bool) -> Tuple[str, Path, Optional[Path], List[str]]:
+    """Where a converter writes, checked before any work: ``(folder name, target folder, preprocessed
+    root or None, notes)`` (see :func:`prepare_target` and :func:`stale_preprocessed_note`)."""
+    raw = resolve_raw_root(raw_root)
+    preprocessed = resolve_preprocessed_root(preprocessed_root, install_split)
+    name = dataset_folder_name(dataset_id, dataset_name)
+    target = prepare_target(raw, name, overwrite, preprocessed)
+    return name, target, preprocessed, stale_preprocessed_note(preprocessed, name)
+
+
 def iter_sorted_dirs(folder: Path) -> Iterable[Path]:
     """The visible sub-folders of ``folder``, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

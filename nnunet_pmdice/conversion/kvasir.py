@@ -27,9 +27,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, dataset_folder_name, resolve_num_processes, install_splits,
-                     parallel_map, prepare_target, read_case_list, resolve_preprocessed_root, resolve_raw_root,
-                     seeded_test_split, split_by_list, staged_dataset, stale_preprocessed_note, write_dataset_json,
+                     cross_validation_folds, destination, resolve_num_processes, install_splits, parallel_map,
+                     read_case_list, seeded_test_split, split_by_list, staged_dataset, write_dataset_json,
                      write_record, write_split_files)
 
 NAME = "KvasirSEG"
@@ -179,11 +178,8 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
     how += (f" Training folds: nnU-Net's own seeded 5-fold cross-validation over the {len(train)} training cases "
             "(`generate_crossval_split`, seed 12345), the split nnU-Net would make itself.")
 
-    raw_root = resolve_raw_root(raw_root)
-    preprocessed = resolve_preprocessed_root(preprocessed_root, install_split)
-    name = dataset_folder_name(dataset_id, NAME)
-    target = prepare_target(raw_root, name, overwrite, preprocessed)
-    notes = stale_preprocessed_note(preprocessed, name)
+    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
+                                                    NAME, overwrite)
     with staged_dataset(target, overwrite) as tmp:
         tasks = []
         for part, ids in (("Tr", train), ("Ts", test)):

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, dataset_folder_name, resolve_num_processes, install_splits,
-                     parallel_map, prepare_target, read_case_list, resolve_preprocessed_root, resolve_raw_root,
-                     seeded_test_split, split_by_list, staged_dataset, stale_preprocessed_note, write_dataset_json,
-                     write_record, write_split_files)
+                     cross_validation_folds, destination, resolve_num_processes, install_splits, parallel_map,
+                     read_case_list, seeded_test_split, split_by_list, staged_dataset, write_dataset_json, write_record,
+                     write_split_files)
 from .nifti import NIFTI_ENDINGS, find_nifti, label_values, match_grid, read_image, write_image, write_label
 
 LAYOUTS = ("auto", "2016", "2016-flat", "msseg2")
@@ -233,11 +232,8 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
 
     is2 = layout == "msseg2"
     channels = MSSEG2_CHANNELS if is2 else MSSEG2016_CHANNELS
-    raw_root = resolve_raw_root(raw_root)
-    preprocessed = resolve_preprocessed_root(preprocessed_root, install_split)
-    name = dataset_folder_name(dataset_id, "MSSEG2" if is2 else "MSSEG2016")
-    target = prepare_target(raw_root, name, overwrite, preprocessed)
-    notes = stale_preprocessed_note(preprocessed, name)
+    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
+                                                    "MSSEG2" if is2 else "MSSEG2016", overwrite)
     with staged_dataset(target, overwrite) as tmp:
         tasks = []
         for part, part_ids in (("Tr", train), ("Ts", test)):
