@@ -20,8 +20,9 @@ def _data(seed=0, C=3, ignore=None, shape=(2, 12, 14)):
     return x, t
 
 
-def test_ce_pm_dice_equals_nnunet_ce_plus_reference_pm_dice():
-    x, t = _data()
+@pytest.mark.parametrize("C", [2, 3])
+def test_ce_pm_dice_equals_nnunet_ce_plus_reference_pm_dice(C):
+    x, t = _data(C=C)
     ours = CEPMDiceLoss(gamma=2.0, gamma_bg=1.0, batch_dice=True)(x, t)
     expected = RobustCrossEntropyLoss()(x, t) + reference_pm_dice(x, t.long(), gamma=2.0, gamma_bg=1.0,
                                                                   batch_dice=True)
@@ -31,17 +32,18 @@ def test_ce_pm_dice_equals_nnunet_ce_plus_reference_pm_dice():
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
 
 
-def test_ignore_label_matches_nnunet_ce_and_masked_dice():
-    x, t = _data(seed=1, ignore=3)
-    ours = CEPMDiceLoss(gamma=1.0, ignore_label=3)(x, t)
-    mask = (t != 3).float()
-    ce = RobustCrossEntropyLoss(ignore_index=3)(x, t)
-    dice = reference_pm_dice(x, torch.where(t == 3, 0, t).long(), gamma=1.0, loss_mask=mask)
+@pytest.mark.parametrize("C", [2, 3])
+def test_ignore_label_matches_nnunet_ce_and_masked_dice(C):
+    x, t = _data(seed=1, C=C, ignore=C)
+    ours = CEPMDiceLoss(gamma=1.0, ignore_label=C)(x, t)
+    mask = (t != C).float()
+    ce = RobustCrossEntropyLoss(ignore_index=C)(x, t)
+    dice = reference_pm_dice(x, torch.where(t == C, 0, t).long(), gamma=1.0, loss_mask=mask)
     assert ours.item() == pytest.approx((ce + dice).item(), abs=1e-5)
     g1, = torch.autograd.grad(ours, x)
     g2, = torch.autograd.grad(ce + dice, x)
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
-    assert torch.all(g1.masked_select((t == 3).expand_as(g1)) == 0)
+    assert torch.all(g1.masked_select((t == C).expand_as(g1)) == 0)
 
 
 def test_everything_ignored_gives_zero_ce_and_no_nan():
@@ -84,8 +86,9 @@ def test_focal_gamma_zero_is_ce_and_focal_down_weights_easy_pixels():
     assert torch.isfinite(g).all()
 
 
-def test_shared_softmax_ce_map_equals_separate_cross_entropy():
-    x, t = _data(seed=5)
+@pytest.mark.parametrize("C", [2, 3])
+def test_shared_softmax_ce_map_equals_separate_cross_entropy(C):
+    x, t = _data(seed=5, C=C)
     dice_value, ce_map = PMDiceLoss(gamma=1.0).forward_with_ce_map(x, t)
     torch.testing.assert_close(ce_map, F.cross_entropy(x, t[:, 0].long(), reduction="none").unsqueeze(1),
                                rtol=1e-5, atol=1e-6)

@@ -158,14 +158,18 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("kw", OPTIONS)
+# the same options for two channels (background + one class), which take the two-class kernel
+OPTIONS_2 = [dict(kw, gamma=kw["gamma"][1:]) if isinstance(kw["gamma"], list) else kw for kw in OPTIONS]
+
+
+@pytest.mark.parametrize("C, kw", [(3, kw) for kw in OPTIONS] + [(2, kw) for kw in OPTIONS_2])
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("masked", [False, True])
-def test_matches_reference_float32(kw, ndim, masked):
+def test_matches_reference_float32(C, kw, ndim, masked):
     torch.manual_seed(3)
     spatial = (17, 19) if ndim == 2 else (6, 9, 11)
-    x = (3 * torch.randn(3, 3, *spatial)).requires_grad_()
-    t = torch.randint(0, 3, (3, 1, *spatial))
+    x = (3 * torch.randn(3, C, *spatial)).requires_grad_()
+    t = torch.randint(0, C, (3, 1, *spatial))
     mask = (torch.rand(3, 1, *spatial) > 0.25).float() if masked else None
     a = PMDiceLoss(**kw)(x, t, mask)
     b = reference_pm_dice(x, t, loss_mask=mask, **kw)
@@ -209,15 +213,18 @@ def test_sigmoid_matches_reference(kw):
     torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0], rtol=1e-4, atol=1e-7)
 
 
-def test_confident_background_keeps_float32_precision():
+@pytest.mark.parametrize("kernel", ["LabelMapPMDiceSums", "TwoClassPMDiceSums"])
+def test_confident_background_keeps_float32_precision(kernel):
     """A large, confidently predicted background keeps its small denominator terms in float32.
 
     Background pixels are predicted with p = 1 (exactly, in float32), so their own terms vanish and the
     background denominator is the non-label sum over the 400 foreground pixels (~10.8). Taking it as
-    (sum over all 65536 pixels) - (label terms) in float32 would be off by ~4e-4 relative; the kernel
-    zeroes the label positions before reducing instead.
+    (sum over all 65536 pixels) - (label terms) in float32 would be off by ~4e-4 relative; the general
+    kernel zeroes the label positions before reducing, the two-class one sums by label with a matrix
+    product.
     """
-    from nnunet_pmdice.losses._kernels import LabelMapPMDiceSums
+    from nnunet_pmdice.losses import _kernels
+    sums = getattr(_kernels, kernel)
     torch.manual_seed(5)
     t = torch.zeros(2, 1, 256, 256, dtype=torch.long)
     t[:, :, 100:120, 100:120] = 1
@@ -226,8 +233,8 @@ def test_confident_background_keeps_float32_precision():
     x[:, 0][~fg] = 30.0
     x[:, 1][fg] = float(torch.log(torch.tensor(0.7 / 0.3))) + 0.1 * torch.randn(int(fg.sum()))
     for g in (1.0, 2.0):
-        _, denom32, _, _ = LabelMapPMDiceSums.apply(x, t, None, (g, g), True, False)
-        _, denom64, _, _ = LabelMapPMDiceSums.apply(x.double(), t, None, (g, g), True, False)
+        _, denom32, _, _ = sums.apply(x, t, None, (g, g), True, False)
+        _, denom64, _, _ = sums.apply(x.double(), t, None, (g, g), True, False)
         torch.testing.assert_close(denom32.double(), denom64, rtol=1e-5, atol=0)
         ref = reference_pm_dice(x.double(), t, gamma=g)
         assert PMDiceLoss(gamma=g)(x, t).item() == pytest.approx(ref.item(), rel=1e-5)
@@ -314,10 +321,11 @@ def test_double_backward_with_retain_graph_is_consistent():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_input_gives_finite_float32(dtype):
+@pytest.mark.parametrize("C", [2, 3])
+def test_half_precision_input_gives_finite_float32(dtype, C):
     torch.manual_seed(9)
-    x = (4 * torch.randn(2, 3, 32, 32)).to(dtype).requires_grad_()
-    t = torch.randint(0, 3, (2, 1, 32, 32))
+    x = (4 * torch.randn(2, C, 32, 32)).to(dtype).requires_grad_()
+    t = torch.randint(0, C, (2, 1, 32, 32))
     loss = PMDiceLoss(gamma=2.0, gamma_bg=1.0, batch_dice=True)(x, t)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
@@ -351,10 +359,11 @@ def test_no_present_class_returns_zero_with_graph():
     assert all_masked.item() == 0.0 and all_masked.requires_grad
 
 
-def test_torch_compile_traces_the_fused_function():
+@pytest.mark.parametrize("C", [2, 3])
+def test_torch_compile_traces_the_fused_function(C):
     torch.manual_seed(11)
-    x = torch.randn(2, 3, 16, 16, requires_grad=True)
-    t = torch.randint(0, 3, (2, 1, 16, 16))
+    x = torch.randn(2, C, 16, 16, requires_grad=True)
+    t = torch.randint(0, C, (2, 1, 16, 16))
     loss = PMDiceLoss(gamma=2.0, gamma_bg=1.0)
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=False)
     a = compiled(x, t)
@@ -421,17 +430,18 @@ def test_value_is_in_unit_interval_and_decreases_when_prediction_improves():
     assert math.isfinite(values[2])
 
 
-def test_deep_supervision_list_matches_reference_per_scale():
+@pytest.mark.parametrize("C", [2, 3])
+def test_deep_supervision_list_matches_reference_per_scale(C):
     """nnU-Net's DeepSupervisionWrapper around the fused loss == the weighted reference at every scale."""
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
     torch.manual_seed(13)
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]
-    xs = [torch.randn(2, 3, *s, requires_grad=True) for s in sizes]
-    t0 = torch.randint(0, 3, (2, 1, 32, 32)).float()
+    xs = [torch.randn(2, C, *s, requires_grad=True) for s in sizes]
+    t0 = torch.randint(0, C, (2, 1, 32, 32)).float()
     ts = [torch.nn.functional.interpolate(t0, size=s, mode="nearest") for s in sizes]
     w = deep_supervision_weights(len(sizes))
-    kw = dict(gamma=[1.0, 2.0, 2.0], batch_dice=True)
+    kw = dict(gamma=[1.0] + [2.0] * (C - 1), batch_dice=True)
     ours = DeepSupervisionWrapper(PMDiceLoss(**kw), w)(xs, ts)
     ref = sum(float(wi) * reference_pm_dice(x, t.long(), **kw) for wi, x, t in zip(w, xs, ts) if wi != 0)
     assert ours.item() == pytest.approx(ref.item(), abs=2e-6)
@@ -439,3 +449,52 @@ def test_deep_supervision_list_matches_reference_per_scale():
     g_ref = torch.autograd.grad(ref, xs[:-1])
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+# -- the two-class kernel ----------------------------------------------------------------------------
+TWO_CLASS_CASES = [((1.0, 1.0), True), ((0.0, 0.0), True), ((1.0, 2.0), True), ((0.5, 0.5), False),
+                   ((2.0, 0.0), False), ((3.0, 1.5), True)]
+
+
+@pytest.mark.parametrize("gammas, squared", TWO_CLASS_CASES)
+@pytest.mark.parametrize("with_ce", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (2, 2, 3, 4, 5)])
+def test_two_class_kernel_equals_general_kernel(gammas, squared, with_ce, masked, shape):
+    """With two channels the sigmoid-of-difference kernel gives the general kernel's sums, CE map and
+    logit gradient (float64, random incoming gradients for every output)."""
+    from nnunet_pmdice.losses._kernels import LabelMapPMDiceSums, TwoClassPMDiceSums
+    torch.manual_seed(14)
+    x = (3 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
+    t = torch.randint(0, 2, (shape[0], 1, *shape[2:]))
+    mask = (torch.rand(shape[0], 1, *shape[2:]) > 0.3).double() if masked else None
+    w = torch.randn(2, shape[0], 2, dtype=torch.float64)
+    w_ce = torch.rand(shape[0], 1, *shape[2:], dtype=torch.float64)
+    results = []
+    for fn in (TwoClassPMDiceSums, LabelMapPMDiceSums):
+        inter, denom, gt, ce = fn.apply(x, t, mask, gammas, squared, with_ce)
+        objective = (w[0] * inter).sum() + (w[1] * denom).sum() + ((w_ce * ce).sum() if with_ce else 0.0)
+        results.append((inter, denom, gt, ce, *torch.autograd.grad(objective, x)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if masked:
+        assert torch.all(results[0][-1].masked_select(mask.expand_as(x) == 0) == 0)
+
+
+def test_two_channel_loss_takes_the_two_class_kernel():
+    x = torch.randn(2, 2, 8, 8, requires_grad=True)
+    t = torch.randint(0, 2, (2, 1, 8, 8))
+    inter, *_ = PMDiceLoss()._sums(x, t, None, with_ce=False)
+    assert type(inter.grad_fn).__name__ == "TwoClassPMDiceSumsBackward"
+    inter3, *_ = PMDiceLoss()._sums(torch.randn(2, 3, 8, 8, requires_grad=True), t, None, with_ce=False)
+    assert type(inter3.grad_fn).__name__ == "LabelMapPMDiceSumsBackward"
+
+
+def test_gradcheck_two_class_ce_map_with_ignore_label():
+    """CE + Dice through the two-class kernel (shared sigmoid, ignore label as a mask) has an exact gradient."""
+    from nnunet_pmdice.losses import CEPMDiceLoss
+    torch.manual_seed(15)
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (2, 1, 4, 5)).double()  # label 2 is the ignore label
+    loss = CEPMDiceLoss(gamma=0.0, ignore_label=2)
+    assert torch.autograd.gradcheck(lambda inp: loss(inp, t), (x,), eps=1e-6, atol=1e-6)

@@ -1,6 +1,6 @@
 """Fused forward/backward of the modulated Dice sums.
 
-Both functions return, per sample and channel, the three sums the (PM) Dice needs:
+Each function returns, per sample and channel, the three sums the (PM) Dice needs:
 
     intersect[b, c] = sum_i m_ic * y_ic * p_ic
     denom[b, c]     = sum_i m_ic * (y_ic**2 + p_ic**2)      (squared=True, V-Net form)
@@ -23,7 +23,11 @@ Why the label-map path looks the way it does (memory traffic is what costs, on C
 - backward reuses the forward's p**(gamma + 2) tensor as its one full-size buffer and takes the
   softmax backward in place in it (see ``LabelMapPMDiceSums``);
 - with a CE map requested, log-softmax is computed once and exponentiated in place, so CE and Dice
-  share one pass over the logits.
+  share one pass over the logits;
+- with two channels (``TwoClassPMDiceSums``) the softmax is a sigmoid of the logit difference and every
+  term depends on one number per pixel, so the whole computation runs on half-size tensors: no
+  gather, no scatter, the per-class sums from one batched matrix product. On the CPU this takes PM
+  Dice from about 2x to about the cost of nnU-Net's Dice on binary tasks.
 
 Sums are accumulated in float32 (float64 for float64 input, which gradcheck uses) whatever the
 logits' dtype, because fp16 sums overflow under autocast.
@@ -62,7 +66,10 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
         n, base, out = int(e), t, None
         while n:  # exponentiation by squaring
             if n & 1:
-                out = base.clone() if out is None else out.mul_(base)
+                if out is None:
+                    out = base.clone() if base is t else base
+                else:
+                    out.mul_(base)
             n >>= 1
             if n:
                 base = base * base
@@ -87,9 +94,19 @@ def _zeros_like_expanded(t: torch.Tensor) -> torch.Tensor:
     return torch.zeros((1,) * t.ndim, dtype=t.dtype, device=t.device).expand_as(t)
 
 
-def _label_gammas(gammas: Sequence[float], labels: torch.Tensor, dtype) -> torch.Tensor | float:
-    if all(g == gammas[0] for g in gammas):
-        return float(gammas[0])
+def _label_gammas(groups: Groups, labels: torch.Tensor, dtype):
+    """The gamma at each pixel's label channel.
+
+    A float when every class has the same gamma; ``(g_a, g_b, w)`` for two channel groups (the usual
+    ``gamma_bg`` case), w = 1 where the label is in the second group; otherwise a per-pixel tensor.
+    A per-pixel exponent costs a transcendental per element, the two-group form two cheap powers and
+    one blend.
+    """
+    if len(groups) == 1:
+        return float(groups[0][2])
+    if len(groups) == 2:
+        return float(groups[0][2]), float(groups[1][2]), labels.ge(groups[1][0]).to(dtype)
+    gammas = [g for c0, c1, g in groups for _ in range(c0, c1)]
     return torch.tensor(gammas, dtype=dtype, device=labels.device)[labels]
 
 
@@ -143,10 +160,11 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 else:
                     denom[:, c0:c1] = powered[:, c0:c1].sum(dims)
 
-            g_t = _label_gammas(gammas, labels, cdt)
+            g_t = _label_gammas(groups, labels, cdt)
             m_t = _modulation_at_labels(p_t, g_t, vmask)
             inter_px = m_t * p_t
-            den_px = torch.addcmul(m_t, inter_px, p_t) if squared else m_t + inter_px
+            den_px = m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px)  # in m_t's buffer
+            del m_t
             # per-class sums of the label-channel terms: scatter_add into (rows, C), rows summed after
             R = B * (lab_rows := _scatter_rows(labels[0].numel(), p.device))
             lab = labels.reshape(R, -1)
@@ -192,13 +210,13 @@ class LabelMapPMDiceSums(torch.autograd.Function):
 
             # label channel: d intersect / d p = m, d denom / d p = 2 m p (squared) or m
             lab = labels.reshape(B, -1)
-            m_t = _modulation_at_labels(p_t, g_t, vmask)
             gi = g_inter.gather(1, lab).view_as(p_t)
             gd = g_denom.gather(1, lab).view_as(p_t)
-            G_t = (torch.addcmul(gi, gd, p_t, value=2.0) if squared else gi.add_(gd)).mul_(m_t)
-            del gi, gd, m_t
-            # w = -s (+ the CE gradient), s = sum_c p_c G_c
-            w = D.sum(1, keepdim=True).addcmul_(p_t, G_t).neg_()
+            G_t = gi.addcmul_(gd, p_t, value=2.0) if squared else gi.add_(gd)
+            _modulate_(G_t, p_t, g_t, vmask)
+            # w = -s (+ the CE gradient), s = sum_c p_c G_c; written into gd's buffer
+            w = torch.sum(D, 1, keepdim=True, out=gd).addcmul_(p_t, G_t).neg_()
+            del gi, gd
             gce = None
             if with_ce and g_ce is not None:
                 gce = g_ce.to(p.dtype)
@@ -211,6 +229,150 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 dx_t.sub_(gce)
             D.scatter_(1, labels, dx_t)
         return D.to(in_dtype), None, None, None, None, None
+
+
+class TwoClassPMDiceSums(torch.autograd.Function):
+    """Softmax + label map with two channels (background and one class). Same outputs as
+    :class:`LabelMapPMDiceSums`, computed on half-size tensors without a gather or a scatter.
+
+    With two channels the softmax is a sigmoid of the logit difference, and every term of eq. 5 is a
+    function of one number per pixel, e = |y_1 - p_1| = 1 - p_t, the probability of the channel that is
+    not the label: at the label channel m_t = e**gamma_t and p_t = 1 - e; at the other channel y = 0 and
+    p = e, so its denominator term is e**(gamma_o + 2). The forward pass writes these three per-pixel
+    rows and takes every per-class sum with one batched matrix product against the label indicator
+    rows [y_0, y_1]: a skinny GEMM that streams the rows once and, unlike a difference of sums, never
+    cancels.
+
+    Backward: with E_c = e**gamma_c (constant), p_t = 1 - e and z = x_t - x_o, dp_t/dz = p_t e and
+        dL/dz = p_t e * sum_c E_c (alpha_c y_c - kappa_c r)
+    where alpha_c = g_I[c] + 2 g_D[c], kappa_c = 2 g_D[c], r = e (squared denominator) or
+    kappa_c = g_D[c], r = 1 (linear), g_I / g_D the incoming gradients of the sums. The logit gradient
+    is +dL/dz on channel 1 and -dL/dz on channel 0 for a foreground pixel, the opposite for a
+    background one. Ignored pixels have e = 0, hence an exact zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor],
+                gammas: Tuple[float, ...], squared: bool, with_ce: bool):
+        cdt = _compute_dtype(logits)
+        B = logits.shape[0]
+        with torch.autocast(logits.device.type, enabled=False):
+            x = logits.to(cdt)
+            s = x[:, 1:2] - x[:, 0:1]                      # (B, 1, *spatial): z for class 1
+            del x
+            n = s[0].numel()
+            # y rows: [y_0, y_1] (times the mask), the right-hand side of the sums' matrix product
+            Y = torch.empty((B, 2, n), dtype=cdt, device=s.device)
+            y1 = Y[:, 1].view_as(s)
+            y1.copy_(labels)
+            ce = torch.nn.functional.binary_cross_entropy_with_logits(s, y1, reduction="none") if with_ce else None
+            e = torch.sigmoid_(s).sub_(y1).abs_()          # e = |y_1 - p_1| = 1 - p_t
+            torch.sub(1.0, y1, out=Y[:, 0].view_as(s))
+            vmask = None if valid is None else valid.to(cdt)
+            if vmask is not None:
+                Y.mul_(vmask.view(B, 1, n))
+                e.mul_(vmask)
+                if ce is not None:
+                    ce.mul_(vmask)
+            g0, g1 = (float(g) for g in gammas)
+            # rows: m_t p_t (intersect), m_t (1 + p_t**2) or m_t (1 + p_t) (label-channel denominator
+            # term), m_o e**2 or m_o e (the other channel's denominator term, m_o = e**gamma_o)
+            V = torch.empty((B, 3, n), dtype=cdt, device=s.device)
+            inter_r, den_r, other_r = V.unbind(1)
+            ef = e.view(B, n)
+            if g0 == g1:
+                m_t = m_o = ef if g0 == 1.0 else powf(ef, g0)
+            else:  # m_t = e**gamma_t, m_o = e**gamma_o: both powers, then swapped where y = 1
+                # as E_0 y_0 + E_1 y_1 and E_1 y_0 + E_0 y_1: exact for 0/1 labels; masked pixels (y = 0
+                # in Y) get 0 and add nothing
+                y0, y1f = Y[:, 0], Y[:, 1]
+                _pow_into(inter_r, ef, g0)
+                _pow_into(other_r, ef, g1)
+                m_t = torch.mul(inter_r, y0, out=den_r).addcmul_(other_r, y1f)
+                m_o = other_r.mul_(y0).addcmul_(inter_r, y1f)
+                del y0, y1f
+            torch.addcmul(m_t, m_t, ef, value=-1.0, out=inter_r)            # m_t (1 - e) = m_t p_t
+            if m_t is den_r:                                                 # m_t (1 + p_t)
+                den_r.add_(inter_r)
+            else:
+                torch.add(m_t, inter_r, out=den_r)
+            if squared:
+                den_r.addcmul_(inter_r, ef, value=-1.0)                      # m_t (1 + p_t**2)
+            if m_o is not other_r:
+                torch.mul(m_o, ef, out=other_r)
+            else:
+                other_r.mul_(ef)
+            if squared:
+                other_r.mul_(ef)
+            del m_t, m_o
+            S = torch.bmm(V, Y.transpose(1, 2))                              # (B, 3, 2): rows x label
+            del V, inter_r, den_r, other_r
+            intersect = S[:, 0]
+            # class c: its label-channel terms where y = c, its other-channel terms where y != c
+            denom = S[:, 1] + S[:, 2].flip(1)
+            gt_sum = Y.sum(2)
+        ctx.mark_non_differentiable(gt_sum)
+        # y_1 for backward as the float row of Y (converting the int64 map again would cost a pass and
+        # a buffer; Y is no larger than the rows freed above, so the peak is unchanged)
+        ctx.save_for_backward(y1, e)
+        ctx.meta = (g0, g1, squared, with_ce, logits.dtype, tuple(logits.shape))
+        if ce is None:
+            ce = torch.zeros((), dtype=cdt, device=e.device)
+            ctx.mark_non_differentiable(ce)
+        return intersect, denom, gt_sum, ce
+
+    @staticmethod
+    def backward(ctx, g_inter, g_denom, _g_gt, g_ce):
+        # Written straight into the two halves of the logit gradient: on the CPU a fresh full-size
+        # temporary costs more (page faults) than the arithmetic done in it.
+        y, e = ctx.saved_tensors
+        g0, g1, squared, with_ce, in_dtype, shape = ctx.meta
+        B = shape[0]
+        cdt = e.dtype
+        with torch.autocast(e.device.type, enabled=False):
+            zeros_bc = torch.zeros((B, 2), dtype=cdt, device=e.device)
+            gi = zeros_bc if g_inter is None else g_inter.to(cdt)
+            gd = zeros_bc if g_denom is None else g_denom.to(cdt)
+            bshape = (B,) + (1,) * (e.ndim - 1)
+            alpha = (gi + 2.0 * gd).view(B, 2, *bshape[1:])
+            kappa = (2.0 * gd if squared else gd).view(B, 2, *bshape[1:])
+            a0, a1, k0, k1 = alpha[:, 0], alpha[:, 1], kappa[:, 0], kappa[:, 1]
+            dx = torch.empty(shape, dtype=cdt, device=e.device)
+            d0, d1 = dx[:, 0:1], dx[:, 1:2]
+            if g0 == g1:
+                # G = alpha_t - (k0 + k1) r; channel 0 gets -sigma G e**(gamma + 1) p_t, sigma = 2 y - 1
+                H = d0
+                if squared:
+                    torch.mul(e, -(k0 + k1), out=H).add_(a0)
+                else:
+                    H.copy_((a0 - k0 - k1).expand_as(H))
+                H.addcmul_(y, a1 - a0)                       # G
+                H.addcmul_(y, H, value=-2.0)                 # -sigma G
+                if g0 == 1.0:
+                    H.mul_(e).mul_(e)
+                elif g0 != 0.0:
+                    H.mul_(powf(e, g0 + 1.0))
+                else:
+                    H.mul_(e)
+            else:
+                # channel 1 gets e p_t (y (P - 2 r K) - alpha_0 E_0 + r K), P = sum_c alpha_c E_c,
+                # K = sum_c kappa_c E_c, E_c = e**gamma_c
+                H = d1
+                E0, E1 = powf(e, g0), powf(e, g1)
+                torch.mul(E0, k0, out=H).addcmul_(E1, k1)    # K
+                if squared:
+                    H.mul_(e)                                # r K
+                E1.mul_(a1).addcmul_(E0, a0).sub_(H, alpha=2.0)
+                H.sub_(E0.mul_(a0)).addcmul_(y, E1).mul_(e)
+                del E0, E1
+            H.addcmul_(H, e, value=-1.0)                     # * p_t = 1 - e
+            if with_ce and g_ce is not None:
+                # d(-log p_t)/dz = -e: channel 1 gets -sigma g_ce e, channel 0 +sigma g_ce e
+                t = g_ce.to(cdt) * e
+                sign = 2.0 if H is d0 else -2.0
+                H.addcmul_(y, t, value=sign).sub_(t, alpha=sign / 2.0)
+            torch.neg(H, out=d1 if H is d0 else d0)
+        return dx.to(in_dtype), None, None, None, None, None
 
 
 def _scatter_rows(n: int, device: torch.device) -> int:
@@ -238,18 +400,52 @@ def _powered(p: torch.Tensor, groups: Groups, offset: float, force: bool = False
         return powf(p, groups[0][2] + offset)
     out = torch.empty_like(p)
     for c0, c1, g in groups:
-        out[:, c0:c1] = powf(p[:, c0:c1], g + offset)
+        _pow_into(out[:, c0:c1], p[:, c0:c1], g + offset)
     return out
+
+
+def _pow_into(dst: torch.Tensor, t: torch.Tensor, e: float) -> torch.Tensor:
+    """``t ** e`` written into ``dst`` (for t >= 0), without a temporary for the common exponents."""
+    if e == 0:
+        return dst.fill_(1.0)
+    if e == 1:
+        return dst.copy_(t)
+    if e == 2:
+        return torch.mul(t, t, out=dst)
+    if e == 3:
+        return torch.pow(t, 3, out=dst)
+    if e == 4:
+        return torch.mul(t, t, out=dst).mul_(dst)
+    if e == 0.5:
+        return torch.sqrt(t, out=dst)
+    return dst.copy_(powf(t, e))
 
 
 def _modulation_at_labels(p_t: torch.Tensor, g_t, vmask: Optional[torch.Tensor]) -> torch.Tensor:
     """m at the label channel, (1 - p_t)**gamma_t, zero at ignored pixels. A new tensor."""
     q = 1.0 - p_t
-    m_t = q if (isinstance(g_t, float) and g_t == 1.0) else (powf(q, g_t) if isinstance(g_t, float)
-                                                            else q.pow_(g_t))
+    if isinstance(g_t, float):
+        m_t = q if g_t == 1.0 else powf(q, g_t)
+    elif isinstance(g_t, tuple):  # two groups: blend the two powers (lerp is exact at weights 0 and 1)
+        g_a, g_b, w = g_t
+        m_b = powf(q, g_b)
+        m_t = (q if g_a == 1.0 else powf(q, g_a)).lerp_(m_b, w)
+    else:
+        m_t = q.pow_(g_t)
     if vmask is not None:
         m_t.mul_(vmask)
     return m_t
+
+
+def _modulate_(G: torch.Tensor, p_t: torch.Tensor, g_t, vmask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``G *= m_t`` in place (m_t as :func:`_modulation_at_labels`), without a temporary for gamma 0 and 1."""
+    if isinstance(g_t, float) and g_t == 1.0:
+        G.addcmul_(G, p_t, value=-1.0)  # G (1 - p_t)
+    elif not (isinstance(g_t, float) and g_t == 0.0):
+        G.mul_(_modulation_at_labels(p_t, g_t, None))
+    if vmask is not None:
+        G.mul_(vmask)
+    return G
 
 
 class DensePMDiceSums(torch.autograd.Function):

@@ -8,7 +8,7 @@ from torch import nn
 
 from ._checks import (GammaArg, check_gamma, check_logits, check_nonlin, check_number, prepare_mask,
                       prepare_target, resolve_gammas)
-from ._kernels import DensePMDiceSums, LabelMapPMDiceSums
+from ._kernels import DensePMDiceSums, LabelMapPMDiceSums, TwoClassPMDiceSums
 
 
 def _ddp_active() -> bool:
@@ -152,7 +152,8 @@ class PMDiceLoss(DiceFamilyLoss):
         mask = prepare_mask(logits, loss_mask)
         gammas = self.gammas_for(logits.shape[1])
         if kind == "labels":
-            inter, denom, gt, ce = LabelMapPMDiceSums.apply(logits, t, mask, gammas, self.squared, with_ce)
+            fn = TwoClassPMDiceSums if logits.shape[1] == 2 else LabelMapPMDiceSums
+            inter, denom, gt, ce = fn.apply(logits, t, mask, gammas, self.squared, with_ce)
             return inter, denom, gt, (ce if with_ce else None)
         inter, denom, gt = DensePMDiceSums.apply(logits, t, mask, gammas, self.squared, self.nonlin)
         return inter, denom, gt, None
