@@ -110,6 +110,14 @@ def _label_gammas(groups: Groups, labels: torch.Tensor, dtype):
     return torch.tensor(gammas, dtype=dtype, device=labels.device)[labels]
 
 
+def _ce_output(ctx, ce: Optional[torch.Tensor], dtype, device) -> torch.Tensor:
+    """The CE-map output of a label-map function: the map, or a non-differentiable 0 when none was asked."""
+    if ce is None:
+        ce = torch.zeros((), dtype=dtype, device=device)
+        ctx.mark_non_differentiable(ce)
+    return ce
+
+
 class LabelMapPMDiceSums(torch.autograd.Function):
     """Softmax + integer label map. Returns (intersect, denom, gt_sum, ce_map).
 
@@ -183,10 +191,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
         # (retain_graph=True) finds None and recomputes it from p.
         ctx.powered = powered
         ctx.meta = (groups, squared, with_ce, logits.dtype, g_t)
-        if ce is None:
-            ce = torch.zeros((), dtype=cdt, device=p.device)
-            ctx.mark_non_differentiable(ce)
-        return intersect, denom, gt_sum, ce
+        return intersect, denom, gt_sum, _ce_output(ctx, ce, cdt, p.device)
 
     @staticmethod
     def backward(ctx, g_inter, g_denom, _g_gt, g_ce):
@@ -316,10 +321,7 @@ class TwoClassPMDiceSums(torch.autograd.Function):
         # a buffer; Y is no larger than the rows freed above, so the peak is unchanged)
         ctx.save_for_backward(y1, e)
         ctx.meta = (g0, g1, squared, with_ce, logits.dtype, tuple(logits.shape))
-        if ce is None:
-            ce = torch.zeros((), dtype=cdt, device=e.device)
-            ctx.mark_non_differentiable(ce)
-        return intersect, denom, gt_sum, ce
+        return intersect, denom, gt_sum, _ce_output(ctx, ce, cdt, e.device)
 
     @staticmethod
     def backward(ctx, g_inter, g_denom, _g_gt, g_ce):
