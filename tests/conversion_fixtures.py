@@ -1,7 +1,8 @@
 """Tiny copies of the paper's three datasets, in each archive's exact layout, with their quirks.
 
 - Kvasir-SEG: RGB JPEG images of varying sizes, masks as lossy JPEGs (gray values other than 0/255 from
-  compression noise; every third mask saved as a 3-channel JPEG), ``kavsir_bboxes.json`` (sic).
+  compression noise; every third mask saved as a 3-channel JPEG), ``kavsir_bboxes.json`` (sic); or the
+  masks of PNG re-releases (``<id>.png`` beside ``<id>.jpg`` images, stored 0/1 or 0/255).
 - ACDC: ``database/training/patientNNN`` with ``Info.cfg``, a 4D cine file (must be skipped), ED/ES frames
   and ground truth; every third patient's files carry the header quirk (sform scaled to identity, the
   true spacing only in the qform); each patient has its own spacing.
@@ -10,14 +11,19 @@
 
 NIfTI files are written with nibabel (the arrays are (x, y, z)); the true spacing of each case is
 returned so that tests can compare it with what the converter wrote.
+
+Defects are planted one at a time in copies (:func:`truncate`: a file cut short as a broken download
+leaves it), and :func:`assert_refused` checks that a converter refuses the copy and leaves nothing behind.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
+import pytest
+
+from nnunet_pmdice.fileio import read_json as _read_json, write_json
 
 # ------------------------------------------------------------------------------------------------ Kvasir
 
@@ -28,8 +34,18 @@ def kvasir_ids(n: int, seed: int = 0) -> List[str]:
     return sorted("cj" + "".join(rng.choice(chars, 23)) for _ in range(n))
 
 
-def make_kvasir(root: Path, n: int = 20, seed: int = 0) -> Tuple[Path, List[str]]:
-    """``root/Kvasir-SEG`` with ``n`` cases; returns (the Kvasir-SEG folder, the ids)."""
+#: mask encodings of :func:`make_kvasir`: the archive's lossy JPEG, and PNG re-releases (0/1 or 0/255)
+KVASIR_MASKS = ("jpg", "png01", "png255")
+
+
+def make_kvasir(root: Path, n: int = 20, seed: int = 0, masks: str = "jpg") -> Tuple[Path, List[str]]:
+    """``root/Kvasir-SEG`` with ``n`` cases; returns (the Kvasir-SEG folder, the ids).
+
+    ``masks``: ``"jpg"`` as in the archive (``masks/<id>.jpg``, lossy, 0/255), ``"png01"`` / ``"png255"`` as
+    PNG re-releases store them (``masks/<id>.png``, lossless, values 0/1 or 0/255); every third mask is
+    3-channel.
+    """
+    assert masks in KVASIR_MASKS
     from PIL import Image
     rng = np.random.default_rng(seed)
     base = root / "Kvasir-SEG"
@@ -44,14 +60,17 @@ def make_kvasir(root: Path, n: int = 20, seed: int = 0) -> Tuple[Path, List[str]
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         img = np.stack([90 + 80 * inside, 60 + 20 * inside, 50 + 10 * inside], -1) + rng.normal(0, 12, (h, w, 3))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(base / "images" / f"{case}.jpg", quality=90)
-        mask = (inside * 255).astype(np.uint8)
+        mask = (inside * (1 if masks == "png01" else 255)).astype(np.uint8)
         mask_image = Image.fromarray(mask).convert("RGB") if k % 3 == 0 else Image.fromarray(mask)
-        mask_image.save(base / "masks" / f"{case}.jpg", quality=40)
+        if masks == "jpg":
+            mask_image.save(base / "masks" / f"{case}.jpg", quality=40)
+        else:
+            mask_image.save(base / "masks" / f"{case}.png")
         ys, xs = np.nonzero(inside)
         box = {"label": "polyp", "xmin": int(xs.min()), "ymin": int(ys.min()), "xmax": int(xs.max()),
                "ymax": int(ys.max())}
         boxes[case] = {"height": h, "width": w, "bbox": [box]}
-    (base / "kavsir_bboxes.json").write_text(json.dumps(boxes))
+    write_json(base / "kavsir_bboxes.json", boxes)
     return base, ids
 
 
@@ -208,4 +227,23 @@ def verify_integrity(dataset_folder: Path) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    return _read_json(path)
+
+
+def truncate(path: Path, keep: float = 0.6) -> Path:
+    """Cuts ``path`` to the first ``keep`` of its bytes (what a broken download leaves)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:int(len(data) * keep)])
+    return Path(path)
+
+
+def assert_refused(convert: Callable, source, tmp_path: Path, match: str, dataset_id: int, **kw) -> None:
+    """``convert(source, dataset_id, tmp_path/raw, ...)`` raises a ConversionError matching ``match`` and leaves
+    nothing in the raw folder nor in the preprocessed folder."""
+    from nnunet_pmdice.conversion import ConversionError
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    with pytest.raises(ConversionError, match=match):
+        convert(source, dataset_id, raw, num_processes=kw.pop("num_processes", 1), progress=False,
+                preprocessed_root=pre, **kw)
+    assert left_behind(raw) == [], f"partial output left: {left_behind(raw)}"
+    assert left_behind(pre) == [], f"output left in the preprocessed folder: {left_behind(pre)}"

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import nnunet_env
-from conversion_fixtures import (ACDC_SHAPE, acdc_frames, acdc_spacing, left_behind, make_acdc, read_json,
-                                 save_nifti, verify_integrity)
+from conversion_fixtures import (ACDC_SHAPE, acdc_frames, acdc_spacing, assert_refused, left_behind, make_acdc,
+                                 read_json, save_nifti, truncate, verify_integrity)
 from nnunet_pmdice.conversion import (TRANSUNET_TEST, TRANSUNET_TRAIN, TRANSUNET_VAL, ConversionError,
                                       convert_acdc)
 
@@ -102,11 +102,7 @@ def _copy(src: Path, tmp_path: Path) -> Path:
 
 
 def _fails(src, tmp_path, match, **kw):
-    raw = tmp_path / "raw"
-    with pytest.raises(ConversionError, match=match):
-        convert_acdc(src, 952, raw, num_processes=1, progress=False, preprocessed_root=tmp_path / "pre", **kw)
-    assert left_behind(raw) == [], f"partial output left: {left_behind(raw)}"
-    assert not (tmp_path / "pre" / "Dataset952_ACDC").exists()
+    assert_refused(convert_acdc, src, tmp_path, match, 952, **kw)
 
 
 def test_bad_inputs_name_the_case_and_leave_nothing(acdc_src, tmp_path):
@@ -160,3 +156,22 @@ def test_cli_existing_dataset_needs_overwrite(acdc_src, converted, tmp_path):
     assert res.returncode == 2 and "Dataset951_ACDC exists; pass --overwrite" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (Path(env["nnUNet_preprocessed"]) / "Dataset951_ACDC").exists()
+
+
+def test_truncated_frame_or_ground_truth_is_refused_and_the_good_dataset_kept(acdc_src, converted, tmp_path):
+    """A .nii.gz cut short (a broken download): SimpleITK would fill the missing voxels with zeros."""
+    raw = tmp_path / "raw"
+    shutil.copytree(converted.path, raw / converted.path.name)
+    before = sorted((p.relative_to(raw), p.stat().st_size) for p in raw.rglob("*"))
+    src = _copy(acdc_src, tmp_path)
+    es4 = acdc_frames(4)[1]
+    for path, keep in ((src / "training" / "patient001" / "patient001_frame01.nii.gz", 0.6),
+                       (src / "training" / "patient004" / f"patient004_frame{es4:02d}_gt.nii.gz", 0.6),
+                       (src / "training" / "patient001" / "patient001_frame01.nii.gz", 0.999)):
+        good = path.read_bytes()
+        path.write_bytes(good[:int(len(good) * keep)] if keep < 0.99 else good[:-4])  # also: only the gzip trailer
+        case = path.name[:len("patient001_frame01")]
+        with pytest.raises(ConversionError, match=rf"^case {case}: truncated file: .*\({path}\)$"):
+            convert_acdc(src, 951, raw, overwrite=True, num_processes=1, progress=False, install_split=False)
+        assert sorted((p.relative_to(raw), p.stat().st_size) for p in raw.rglob("*")) == before
+        path.write_bytes(good)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import PYTHON, REPO, nnunet_env, run_cli
-from conversion_fixtures import left_behind, make_kvasir, read_json, verify_integrity
+from conversion_fixtures import assert_refused, left_behind, make_kvasir, read_json, truncate, verify_integrity
 from nnunet_pmdice.conversion import ConversionError, convert_kvasir
 
 
@@ -103,12 +103,7 @@ def test_cli_resize_with_test_list_file_and_pranet_folder(kvasir_src, tmp_path):
 
 
 def _fails(src, tmp_path, match, **kw):
-    raw = tmp_path / "raw"
-    with pytest.raises(ConversionError, match=match):
-        convert_kvasir(src, 943, raw, num_processes=kw.pop("num_processes", 1), progress=False,
-                       preprocessed_root=tmp_path / "pre", **kw)
-    assert left_behind(raw) == [], f"partial output left: {left_behind(raw)}"
-    assert not (tmp_path / "pre" / "Dataset943_KvasirSEG").exists()
+    assert_refused(convert_kvasir, src, tmp_path, match, 943, **kw)
 
 
 def test_bad_inputs_name_the_case_and_leave_nothing(kvasir_src, tmp_path):
@@ -168,3 +163,98 @@ def test_existing_dataset_needs_overwrite_and_cli_reports_errors(kvasir_src, tmp
     (Path(env["nnUNet_raw"]) / "Dataset945_Other").mkdir()
     with pytest.raises(ValueError, match="already used by Dataset945_Other"):
         convert_kvasir(base, 945, env["nnUNet_raw"], num_processes=1, progress=False, install_split=False)
+
+
+# --------------------------------------------------------------------------- defects a demanding user meets
+
+@pytest.mark.parametrize("masks", ["png01", "png255"])
+def test_png_masks_of_re_releases_beside_jpeg_images(tmp_path, masks):
+    """PNG re-releases store the masks as <id>.png (0/1 or 0/255, some 3-channel) beside <id>.jpg images."""
+    base, ids = make_kvasir(tmp_path / "src", n=8, seed=4, masks=masks)
+    res = convert_kvasir(base, 946, tmp_path / "raw", num_processes=1, progress=False, install_split=False)
+    for case in ids:
+        part = "Tr" if case in res.train_cases else "Ts"
+        label = np.asarray(Image.open(res.path / f"labels{part}" / f"{case}.png"))
+        source = np.asarray(Image.open(base / "masks" / f"{case}.png").convert("L"))
+        assert label.sum() > 0
+        np.testing.assert_array_equal(label, (source > 0).astype(np.uint8))
+    record = read_json(res.path / "conversion.json")
+    assert {c["mask_encoding"] for c in record["cases"].values()} == {"0/1" if masks == "png01" else "0/255"}
+
+
+def test_truncated_files_and_unusable_masks_are_refused_naming_the_file(kvasir_src, tmp_path):
+    base, ids = kvasir_src
+    src = _copy(base, tmp_path / "a")
+    truncate(src / "images" / f"{ids[1]}.jpg")
+    _fails(src, tmp_path, rf"case {ids[1]}: .*truncated.*{ids[1]}\.jpg")
+
+    png, png_ids = make_kvasir(tmp_path / "png", n=8, seed=4, masks="png01")
+    mask = png / "masks" / f"{png_ids[2]}.png"
+    good = mask.read_bytes()
+    mask.write_bytes(good[:-20])  # the end of the compressed stream and the IEND chunk missing
+    _fails(png, tmp_path, rf"case {png_ids[2]}: truncated file: .*{png_ids[2]}\.png")
+    truncate(mask, 0.7)
+    _fails(png, tmp_path, rf"case {png_ids[2]}: .*truncated.*{png_ids[2]}\.png")
+    mask.write_bytes(good)
+
+    # a lossless mask that is neither 0/1 nor 0/255
+    values = np.zeros((40, 50), np.uint8)
+    values[5:10, 5:10], values[20:30, 20:30] = 1, 255
+    Image.fromarray(values).save(png / "masks" / f"{png_ids[3]}.png")
+    image = png / "images" / f"{png_ids[3]}.jpg"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image)
+    _fails(png, tmp_path, rf"case {png_ids[3]}: ambiguous mask encoding: values \[0, 1, 255\].*{png_ids[3]}\.png")
+    values[values > 0] = 100
+    Image.fromarray(values).save(png / "masks" / f"{png_ids[3]}.png")
+    _fails(png, tmp_path, rf"case {png_ids[3]}: ambiguous mask encoding: values \[0, 100\]")
+
+    # every mask empty (e.g. 0/1 masks stored as JPEG): refused, not 20 empty labels
+    black = _copy(base, tmp_path / "b")
+    for case in ids:
+        size = Image.open(black / "masks" / f"{case}.jpg").size
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(black / "masks" / f"{case}.jpg")
+    _fails(black, tmp_path, rf"all 20 masks are empty .*{ids[0]}\.jpg")
+
+
+def test_leftover_of_a_killed_conversion_is_removed_by_the_next_run(kvasir_src, tmp_path):
+    """A conversion killed hard leaves its hidden staging folder; the next run for that dataset removes it."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    base, ids = kvasir_src
+    raw = tmp_path / "raw"
+    target = raw / "Dataset947_KvasirSEG"
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from nnunet_pmdice.conversion.common import staged_dataset
+        with staged_dataset(Path(sys.argv[1]), overwrite=True) as tmp:
+            (tmp / "imagesTr").mkdir()
+            print(tmp, flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                            env=nnunet_env(tmp_path / "nn"))
+    partial = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.is_dir() and partial.name.startswith(".Dataset947_KvasirSEG.partial-")
+    res = convert_kvasir(base, 947, raw, num_processes=1, progress=False, install_split=False)
+    assert left_behind(raw) == [res.path.name]
+
+
+def test_dataset_and_split_get_the_usual_permissions(kvasir_src, tmp_path):
+    import os
+    import stat
+    base, ids = kvasir_src
+    old = os.umask(0o022)
+    try:
+        res = convert_kvasir(base, 949, tmp_path / "raw", num_processes=1, progress=False,
+                             preprocessed_root=tmp_path / "pre")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [res.path, *res.path.rglob("*"), res.installed_splits]}
+    wrong = {p: oct(m) for p, m in modes.items() if m != (0o755 if (tmp_path / p).is_dir() else 0o644)}
+    assert not wrong, f"not 0755 folders / 0644 files: {sorted(wrong.items())[:5]}"

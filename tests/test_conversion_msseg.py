@@ -10,8 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import nnunet_env, run_cli
-from conversion_fixtures import (MSSEG_SHAPE, MSSEG_SPACING, left_behind, make_msseg2, make_msseg2016,
-                                 make_msseg2016_flat, read_json, save_nifti, verify_integrity)
+from conversion_fixtures import (MSSEG_SHAPE, MSSEG_SPACING, assert_refused, left_behind, make_msseg2,
+                                 make_msseg2016, make_msseg2016_flat, read_json, save_nifti, truncate,
+                                 verify_integrity)
 from nnunet_pmdice.conversion import ConversionError, convert_msseg
 
 
@@ -120,11 +121,7 @@ def test_geometry_round_off_is_harmonised(msseg2016_src, tmp_path):
 
 
 def _fails(src, tmp_path, match, **kw):
-    raw = tmp_path / "raw"
-    with pytest.raises(ConversionError, match=match):
-        convert_msseg(src, 967, raw, num_processes=1, progress=False, preprocessed_root=tmp_path / "pre", **kw)
-    assert left_behind(raw) == [], f"partial output left: {left_behind(raw)}"
-    assert not (tmp_path / "pre").exists() or not any((tmp_path / "pre").iterdir())
+    assert_refused(convert_msseg, src, tmp_path, match, 967, **kw)
 
 
 def test_bad_inputs_name_the_case_and_leave_nothing(msseg2016_src, tmp_path):
@@ -175,3 +172,13 @@ def test_bad_inputs_name_the_case_and_leave_nothing(msseg2016_src, tmp_path):
     _fails(msseg2016_src, tmp_path, "holds the 2016 layout, not 2016-flat", layout="2016-flat")
     (tmp_path / "list.txt").write_text("center01_patient09\n")
     _fails(msseg2016_src, tmp_path, "not in the source dataset: center01_patient09", test_list=tmp_path / "list.txt")
+
+
+def test_truncated_modality_is_refused_naming_the_file(msseg2016_src, tmp_path):
+    src = Path(shutil.copytree(msseg2016_src, tmp_path / "s" / "Training"))
+    t2 = truncate(src / "Center_01" / "Patient_01" / "Preprocessed_Data" / "T2_preprocessed.nii.gz")
+    _fails(src, tmp_path, rf"case center01_patient01: truncated file: .*\({t2}\)")
+    # an uncompressed .nii cut short (the flat layout's first patient is uncompressed)
+    flat = make_msseg2016_flat(tmp_path / "flat")
+    dp = truncate(flat / "01016SACH" / "DP.nii", 0.8)
+    _fails(flat, tmp_path, rf"case 01016SACH: truncated file: .*\({dp}\)")

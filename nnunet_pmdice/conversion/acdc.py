@@ -29,9 +29,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .common import (ConversionError, ConversionResult, PathLike, case_error, destination, resolve_num_processes,
-                     install_splits, iter_sorted_dirs, parallel_map, staged_dataset, write_dataset_json, write_record,
-                     write_split_files)
+from .common import (ConversionError, ConversionResult, PathLike, case_error, destination, iter_sorted_dirs,
+                     parallel_map, resolve_num_processes)
 from .nifti import find_nifti, label_values, match_grid, read_image, spacing_zyx, write_image, write_label
 
 NAME = "ACDC"
@@ -183,9 +182,8 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
            "test = patients " + " ".join(p[7:] for p in TRANSUNET_TEST) + "; validation (fold 0) = patients "
            + " ".join(p[7:] for p in TRANSUNET_VAL) + "; training = the other 70 patients.")
 
-    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
-                                                    NAME, overwrite)
-    with staged_dataset(target, overwrite) as tmp:
+    dest = destination(raw_root, preprocessed_root, install_split, dataset_id, NAME, overwrite)
+    with dest.staged() as tmp:
         tasks = []
         parts = [("Tr", [f for p in TRANSUNET_TRAIN + TRANSUNET_VAL for f in frames[p]]),
                  ("Ts", [f for p in TRANSUNET_TEST for f in frames[p]])]
@@ -199,17 +197,15 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
                 label_out = tmp / f"labels{part}" / f"{f['case']}.nii.gz" if f["label"] is not None else None
                 tasks.append((f, tmp / f"images{part}" / f"{f['case']}_0000.nii.gz", label_out))
         infos = parallel_map(_run_case, tasks, num_processes, desc="convert ACDC", progress=progress)
-        write_dataset_json(tmp, {0: "cineMRI"}, LABELS, len(train) + len(val), ".nii.gz", name=name,
-                           reference=REFERENCE, reader_writer="SimpleITKIO",
-                           description="ACDC end-diastolic (ED) and end-systolic (ES) frames with ground truth",
-                           nnunet_pmdice_split=how)
-        write_split_files(tmp, name, splits, test, how)
         if official:
-            notes.append(f"{len(official)} frames of ACDC's testing/ in imagesTsOfficial "
-                         f"({sum(f['label'] is not None for f in official)} with ground truth in labelsTsOfficial)")
-        write_record(tmp, {"dataset": "ACDC", "source": str(database.resolve()), "split": "TransUNet",
-                           "train_patients": list(TRANSUNET_TRAIN), "val_patients": list(TRANSUNET_VAL),
-                           "test_patients": list(TRANSUNET_TEST), "include_testing": include_testing,
-                           "cases": {i["case"]: {k: v for k, v in i.items() if k != "case"} for i in infos}})
-    installed = install_splits(target, preprocessed)
-    return ConversionResult(target, train + val, test, splits, installed, notes)
+            dest.notes.append(f"{len(official)} frames of ACDC's testing/ in imagesTsOfficial "
+                              f"({sum(f['label'] is not None for f in official)} with ground truth in labelsTsOfficial)")
+        dest.write_metadata(
+            tmp, splits=splits, test_cases=test, how=how, infos=infos,
+            dataset_json=dict(channel_names={0: "cineMRI"}, labels=LABELS, num_training=len(train) + len(val),
+                              file_ending=".nii.gz", reference=REFERENCE, reader_writer="SimpleITKIO",
+                              description="ACDC end-diastolic (ED) and end-systolic (ES) frames with ground truth"),
+            record={"dataset": "ACDC", "source": str(database.resolve()), "split": "TransUNet",
+                    "train_patients": list(TRANSUNET_TRAIN), "val_patients": list(TRANSUNET_VAL),
+                    "test_patients": list(TRANSUNET_TEST), "include_testing": include_testing})
+    return dest.result(train + val, test, splits)

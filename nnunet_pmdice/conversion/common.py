@@ -1,9 +1,12 @@
 """What the three dataset converters share.
 
 - :class:`ConversionError`: the one error type for a source dataset that cannot be converted as it is;
-- :func:`prepare_target` / :func:`staged_dataset`: checks before any work (existing dataset, dataset id
-  already used under another name), then building in a hidden temporary folder beside the target and
-  moving it into place only when complete, so an error or an interrupt leaves nothing half-written;
+- :func:`destination` (:func:`prepare_target`): checks before any work (existing dataset, dataset id
+  already used under another name); the :class:`Destination` it returns builds the dataset in a hidden
+  temporary folder beside the target (:func:`staged_dataset`, on :func:`nnunet_pmdice.fileio.staged_folder`)
+  and moves it into place only when complete, so an error or an interrupt leaves nothing half-written,
+  then writes the metadata every converter writes (:meth:`Destination.write_metadata`) and installs the
+  split (:meth:`Destination.result`);
 - :func:`seeded_test_split`, :func:`read_case_list`, :func:`cross_validation_folds`: the train/test split
   and the training folds (nnU-Net's own fold generator);
 - :func:`write_split_files` / :func:`install_splits`: ``splits_final.json`` kept in the raw dataset with a
@@ -17,19 +20,16 @@ imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-PathLike = Union[str, os.PathLike]
+from ..fileio import PathLike, staged_folder, write_json, write_text
 
 #: seed of the default test split and of the training folds (the seed nnU-Net uses for its own folds)
 DEFAULT_SEED = 12345
@@ -54,20 +54,27 @@ class ConversionError(ValueError):
 
 
 def case_error(case: str, problem: str, path: Optional[PathLike] = None) -> ConversionError:
-    """A :class:`ConversionError` worded ``case <case>: <problem> (<path>)``."""
+    """A :class:`ConversionError` worded ``case <case>: <problem> (<path>)``.
+
+    >>> str(case_error("c1", "missing mask"))
+    'case c1: missing mask'
+    """
     return ConversionError(f"case {case}: {problem}" + (f" ({path})" if path is not None else ""))
 
 
-def require_dir(path: PathLike, what: str) -> Path:
-    """``path`` as a Path if it is a folder, else a ConversionError saying which folder was expected."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConversionError(f"missing folder: expected {what} at {path}")
-    return path
-
-
 def check_case_id(case: str, source: PathLike) -> str:
-    """Case ids become file names and nnU-Net identifiers: letters, digits, '.', '-' and single '_'."""
+    """Case ids become file names and nnU-Net identifiers: letters, digits, '.', '-' and single '_'.
+
+    Raises:
+        ConversionError: the id is not usable (naming ``source``).
+
+    >>> check_case_id("patient001_frame01", "/data")
+    'patient001_frame01'
+    >>> check_case_id("case_0001", "/data")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    nnunet_pmdice.conversion.common.ConversionError: case id 'case_0001' (from /data) is not usable as an nnU-Net case id: ...
+    """
     if not _CASE_ID.fullmatch(case) or re.search(r"_\d{4}$", case):
         raise ConversionError(f"case id {case!r} (from {source}) is not usable as an nnU-Net case id: expected "
                               "letters, digits, '.', '-' and single '_', not ending in '_' + 4 digits")
@@ -77,12 +84,30 @@ def check_case_id(case: str, source: PathLike) -> str:
 # ----------------------------------------------------------------------------------------------- target
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
-    """``Dataset<id:03d>_<name>``, nnU-Net's dataset folder name; ``dataset_id`` must be 1..999."""
+    """``Dataset<id:03d>_<name>``, nnU-Net's dataset folder name; ``dataset_id`` must be 1..999.
+
+    Raises:
+        TypeError: ``dataset_id`` is not an int.
+        ValueError: ``dataset_id`` is not in 1..999.
+
+    >>> dataset_folder_name(7, "ACDC")
+    'Dataset007_ACDC'
+    """
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)):
         raise TypeError(f"dataset_id must be an int, got {type(dataset_id).__name__}")
     if not 1 <= int(dataset_id) <= 999:
         raise ValueError(f"dataset id must be 1..999 (nnU-Net's three digits), got {dataset_id}")
     return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def dataset_id_of(name: str) -> int:
+    """The id of the dataset folder ``name`` (nnU-Net's ``convert_dataset_name_to_id``).
+
+    >>> dataset_id_of("Dataset007_ACDC")
+    7
+    """
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+    return int(convert_dataset_name_to_id(name))
 
 
 def resolve_raw_root(raw_root: Optional[PathLike]) -> Path:
@@ -104,18 +129,20 @@ def resolve_preprocessed_root(preprocessed_root: Optional[PathLike], install_spl
 def prepare_target(raw_root: Path, name: str, overwrite: bool, preprocessed_root: Optional[Path]) -> Path:
     """Checks made before any work; returns ``raw_root / name``.
 
-    Raises FileExistsError when the dataset (or its installed ``splits_final.json``) exists and
-    ``overwrite`` is False, and ValueError when the dataset id is already used by a dataset of another
-    name in the raw or preprocessed folder (nnU-Net refuses ids that map to two names).
+    Raises:
+        FileExistsError: the dataset (or its installed ``splits_final.json``) exists and ``overwrite`` is False.
+        ValueError: the dataset id is already used by a dataset of another name in the raw, preprocessed or
+            results folder (nnU-Net refuses ids that map to two names).
     """
-    prefix = name[:len("Dataset000")]
+    dataset_id = dataset_id_of(name)
     for root in (raw_root, preprocessed_root, os.environ.get("nnUNet_results")):
         if root is None or not Path(root).is_dir():
             continue
-        clash = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and p.name.startswith(prefix + "_")
-                       and p.name != name)
+        # the folders nnU-Net's find_candidate_datasets would take for this id
+        clash = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and p.name != name
+                       and p.name.startswith(dataset_folder_name(dataset_id, "")))
         if clash:
-            raise ValueError(f"dataset id {int(prefix[7:])} is already used by {clash[0]} in {root}; nnU-Net needs "
+            raise ValueError(f"dataset id {dataset_id} is already used by {clash[0]} in {root}; nnU-Net needs "
                              f"one name per id: choose another -d or remove that dataset")
     target = raw_root / name
     if target.exists() and not overwrite:
@@ -131,31 +158,16 @@ def prepare_target(raw_root: Path, name: str, overwrite: bool, preprocessed_root
 def staged_dataset(target: Path, overwrite: bool) -> Iterator[Path]:
     """Yields an empty hidden folder beside ``target``; moves it to ``target`` when the block completes.
 
-    On any exception (a ConversionError in a worker, KeyboardInterrupt) the temporary folder is removed
-    and ``target`` is left as it was. The folder's name starts with a dot so that nnU-Net never takes a
-    leftover (after a killed process) for a dataset.
+    :func:`nnunet_pmdice.fileio.staged_folder`: on any exception (a ConversionError in a worker,
+    KeyboardInterrupt) the temporary folder is removed and ``target`` is left as it was; the folder's name
+    starts with a dot so that nnU-Net never takes it for a dataset, and what a killed conversion left
+    there is removed by the next conversion of the same dataset. The dataset gets the usual permissions.
+
+    Raises:
+        FileExistsError: ``target`` appeared during the conversion and ``overwrite`` is False.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with staged_folder(target, replace=overwrite) as tmp:
         yield tmp
-        if target.exists():
-            if not overwrite:
-                raise FileExistsError(f"{target} appeared during the conversion; pass --overwrite to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old / target.name, target)  # put the previous dataset back
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ split
@@ -256,11 +268,10 @@ def cross_validation_folds(train_cases: Sequence[str], num_folds: int = DEFAULT_
 def write_split_files(folder: Path, name: str, splits: List[Dict[str, List[str]]], test_cases: Sequence[str],
                       how: str) -> None:
     """Writes ``splits_final.json`` and ``splits_README.md`` (what the split is, how to install it) into ``folder``."""
-    with open(folder / "splits_final.json", "w") as f:
-        json.dump(splits, f, indent=1)
+    write_json(folder / "splits_final.json", splits, indent=1)
     folds = "\n".join(f"- fold {i}: {len(s['train'])} train / {len(s['val'])} validation cases"
                       for i, s in enumerate(splits))
-    (folder / "splits_README.md").write_text(
+    write_text(folder / "splits_README.md",
         f"# The split of {name}\n\n{how}\n\n"
         f"- test: {len(test_cases)} cases in imagesTs/labelsTs (nnU-Net never reads them)\n{folds}\n\n"
         "## Installing the training folds\n\n"
@@ -279,14 +290,8 @@ def install_splits(dataset_folder: Path, preprocessed_root: Optional[Path]) -> O
     """Copies ``splits_final.json`` to ``preprocessed_root/<dataset>/`` (atomically); returns the path or None."""
     if preprocessed_root is None:
         return None
-    dest_folder = preprocessed_root / dataset_folder.name
-    dest_folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".splits_final.", suffix=".json", dir=dest_folder)
-    os.close(fd)
-    shutil.copyfile(dataset_folder / "splits_final.json", tmp)
-    dest = dest_folder / "splits_final.json"
-    os.replace(tmp, dest)
-    return dest
+    return write_text(preprocessed_root / dataset_folder.name / "splits_final.json",
+                      (dataset_folder / "splits_final.json").read_text(encoding="utf-8"))
 
 
 # ------------------------------------------------------------------------------------------ dataset.json
@@ -310,8 +315,7 @@ def write_dataset_json(folder: Path, channel_names: Dict[int, str], labels: Dict
 
 def write_record(folder: Path, record: dict) -> None:
     """``conversion.json``: the source, the options and every case's origin, for provenance."""
-    with open(folder / "conversion.json", "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(folder / "conversion.json", record, indent=1)
 
 
 # -------------------------------------------------------------------------------------------- execution
@@ -379,7 +383,7 @@ class ConversionResult:
             lines.append(f"  nnUNet_preprocessed not set: install {self.path / 'splits_final.json'} before training "
                          f"(see {self.path / 'splits_README.md'})")
         lines += [f"  note: {n}" for n in self.notes]
-        dataset_id = int(self.name[7:10])
+        dataset_id = dataset_id_of(self.name)
         lines.append(f"next: nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity")
         return "\n".join(lines)
 
@@ -394,15 +398,60 @@ def stale_preprocessed_note(preprocessed_root: Optional[Path], name: str) -> Lis
     return []
 
 
+@dataclass
+class Destination:
+    """Where a converter writes, checked before any work (:func:`destination`), and the steps every
+    converter ends with: :meth:`staged` (build the dataset in a hidden folder), :meth:`write_metadata`
+    (``dataset.json``, the split files, ``conversion.json``), :meth:`result` (install the split, report).
+
+    Attributes:
+        name: ``Dataset<id>_<Name>``.
+        target: the raw dataset folder.
+        preprocessed: where ``splits_final.json`` gets installed, or None.
+        overwrite: whether an existing dataset may be replaced.
+        notes: things the user should know (printed by the command).
+    """
+
+    name: str
+    target: Path
+    preprocessed: Optional[Path]
+    overwrite: bool
+    notes: List[str] = field(default_factory=list)
+
+    def staged(self):
+        """:func:`staged_dataset` of :attr:`target`."""
+        return staged_dataset(self.target, self.overwrite)
+
+    def write_metadata(self, folder: Path, *, dataset_json: dict, splits: List[Dict[str, List[str]]],
+                       test_cases: Sequence[str], how: str, record: dict, infos: Sequence[dict]) -> None:
+        """Writes ``dataset.json`` (:func:`write_dataset_json` with ``dataset_json`` as its arguments and
+        ``how`` as ``nnunet_pmdice_split``), ``splits_final.json`` + ``splits_README.md``, and
+        ``conversion.json`` (``record`` with every case's info from ``infos`` under ``cases``) into ``folder``."""
+        write_dataset_json(folder, name=self.name, nnunet_pmdice_split=how, **dataset_json)
+        write_split_files(folder, self.name, splits, test_cases, how)
+        cases = {i["case"]: {k: v for k, v in i.items() if k != "case"} for i in infos}
+        write_record(folder, {**record, "cases": cases})
+
+    def result(self, train_cases: Sequence[str], test_cases: Sequence[str],
+               splits: List[Dict[str, List[str]]]) -> ConversionResult:
+        """Installs ``splits_final.json`` (when :attr:`preprocessed` is set) and returns the result."""
+        installed = install_splits(self.target, self.preprocessed)
+        return ConversionResult(self.target, list(train_cases), list(test_cases), splits, installed, self.notes)
+
+
 def destination(raw_root: Optional[PathLike], preprocessed_root: Optional[PathLike], install_split: bool,
-                dataset_id: int, dataset_name: str, overwrite: bool) -> Tuple[str, Path, Optional[Path], List[str]]:
-    """Where a converter writes, checked before any work: ``(folder name, target folder, preprocessed
-    root or None, notes)`` (see :func:`prepare_target` and :func:`stale_preprocessed_note`)."""
+                dataset_id: int, dataset_name: str, overwrite: bool) -> Destination:
+    """Where a converter writes, checked before any work (see :func:`prepare_target`); the notes start with
+    :func:`stale_preprocessed_note`.
+
+    Raises:
+        FileExistsError, ValueError: as :func:`prepare_target`; ValueError also when there is no raw folder.
+    """
     raw = resolve_raw_root(raw_root)
     preprocessed = resolve_preprocessed_root(preprocessed_root, install_split)
     name = dataset_folder_name(dataset_id, dataset_name)
     target = prepare_target(raw, name, overwrite, preprocessed)
-    return name, target, preprocessed, stale_preprocessed_note(preprocessed, name)
+    return Destination(name, target, preprocessed, overwrite, stale_preprocessed_note(preprocessed, name))
 
 
 def iter_sorted_dirs(folder: Path) -> Iterable[Path]:

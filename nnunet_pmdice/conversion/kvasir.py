@@ -6,12 +6,19 @@ Source layout (``kvasir-seg.zip`` unpacked; ``source`` may be ``Kvasir-SEG/`` or
     Kvasir-SEG/masks/<id>.jpg       the polyp mask, a lossy JPEG: gray values other than 0/255, some 3-channel
     Kvasir-SEG/kavsir_bboxes.json   (sic) bounding boxes; not needed
 
+PNG re-releases store the masks as ``masks/<id>.png`` (lossless, 0/1 or 0/255) beside ``images/<id>.jpg``:
+images and masks are paired by name whatever their endings (.jpg, .jpeg, .png).
+
 Output: ``imagesTr/<id>_0000.png`` (RGB PNG: nnU-Net's ``NaturalImage2DIO`` reads it as 3 channels R, G, B),
 ``labelsTr/<id>.png`` (uint8, 0 background / 1 polyp), the test cases in ``imagesTs``/``labelsTs``.
 
-Masks: converted to gray (ITU-R 601 luma for 3-channel ones) and thresholded at > 127. A mask with more
-than :data:`MAX_MIDGRAY_FRACTION` of mid-gray pixels (64..191) is rejected as not binary: JPEG noise sits
-on the edges only. ``size``: images resized bilinearly, masks resized bilinearly as gray and then
+Masks (:func:`decode_mask`): converted to gray (ITU-R 601 luma for 3-channel ones); a lossless (PNG, BMP,
+TIFF) mask holding only 0 and 1 is read as 0/1, every other mask on the 0/255 scale and thresholded at > 127.
+A lossless mask that fits neither (values 0, 1 and 255, or a largest value between 2 and 127) is refused as
+ambiguous, and so is a mask with more than :data:`MAX_MIDGRAY_FRACTION` of mid-gray pixels (64..191): JPEG
+noise sits on the edges only. Every image holds a polyp, so a dataset whose masks all come out empty (0/1
+masks saved as JPEG, say) is refused too. Every file is read completely or refused: a JPEG or PNG cut short
+raises a ConversionError naming it. ``size``: images resized bilinearly, masks resized bilinearly as gray and then
 thresholded (smoother than nearest-neighbour on a jagged JPEG edge); the paper uses 320 x 320.
 
 Split: the paper's 90 % / 10 % train/test (Galdran et al., the PraNet 900/100 protocol, whose list is not
@@ -27,12 +34,13 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, destination, resolve_num_processes, install_splits, parallel_map,
-                     read_case_list, seeded_test_split, split_by_list, staged_dataset, write_dataset_json,
-                     write_record, write_split_files)
+                     cross_validation_folds, destination, parallel_map, read_case_list, resolve_num_processes,
+                     seeded_test_split, split_by_list)
 
 NAME = "KvasirSEG"
 IMAGE_ENDINGS = (".jpg", ".jpeg", ".png")
+#: PIL formats that store exact values (a mask in one of them is read without a noise margin)
+LOSSLESS_FORMATS = ("PNG", "BMP", "TIFF")
 #: masks with more mid-gray pixels than this fraction are not binary masks
 MAX_MIDGRAY_FRACTION = 0.25
 #: the paper's input size
@@ -72,31 +80,87 @@ def list_kvasir_cases(root: Path) -> dict:
         raise ConversionError(f"no images (*.jpg) in {root / 'images'}")
     for case in images:
         if case not in masks:
-            raise case_error(case, f"missing mask: expected {case}.jpg in {root / 'masks'}", images[case])
+            raise case_error(case, f"missing mask: expected {case}.jpg or {case}.png in {root / 'masks'}",
+                             images[case])
     for case in masks:
         if case not in images:
-            raise case_error(case, f"missing image: expected {case}.jpg in {root / 'images'}", masks[case])
+            raise case_error(case, f"missing image: expected {case}.jpg or {case}.png in {root / 'images'}",
+                             masks[case])
     return {check_case_id(c, images[c]): (images[c], masks[c]) for c in images}
 
 
 def _open(path: Path, case: str):
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path``, decoded completely; a ConversionError naming the file when it is cut short or
+    unreadable (PIL's ``verify`` checks a PNG's chunk checksums, which its decoder skips)."""
+    from PIL import Image, ImageFile, UnidentifiedImageError
+    strict = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file raises instead of being padded
     try:
+        with Image.open(path) as im:
+            if im.format == "PNG":
+                im.verify()
         im = Image.open(path)
         im.load()
+        if im.format == "PNG" and b"IEND" not in Path(path).read_bytes()[-64:]:
+            raise OSError("the PNG ends before its IEND chunk")
         return im
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise case_error(case, f"unreadable image file: {e}", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        kind = "truncated file" if "truncated" in str(e).lower() or "IEND" in str(e) else "unreadable image file"
+        raise case_error(case, f"{kind}: {e}", path) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = strict
+
+
+def decode_mask(gray: np.ndarray, lossless: bool, case: str = "?", path: Optional[PathLike] = None):
+    """(the mask on the 0/255 scale, its encoding: ``"0/1"``, ``"0/255"`` or ``"empty"``) from a gray mask.
+
+    Args:
+        gray: the mask as uint8 gray values (2D).
+        lossless: whether the file stores exact values (PNG, BMP, TIFF), or is lossy (JPEG: noise allowed).
+
+    Raises:
+        ConversionError: the encoding is ambiguous (a lossless mask with values 0, 1 and 255, or whose
+            largest value is 2..127), or more than :data:`MAX_MIDGRAY_FRACTION` of the pixels are mid-gray.
+
+    >>> decode_mask(np.array([[0, 1]], np.uint8), lossless=True)
+    (array([[  0, 255]], dtype=uint8), '0/1')
+    >>> decode_mask(np.array([[3, 250]], np.uint8), lossless=False)[1]
+    '0/255'
+    >>> decode_mask(np.array([[0, 1, 255]], np.uint8), lossless=True, case="c1")
+    Traceback (most recent call last):
+    ...
+    nnunet_pmdice.conversion.common.ConversionError: case c1: ambiguous mask encoding: values [0, 1, 255]; expected 0/1 or 0/255 (a PNG mask is lossless)
+    """
+    top = int(gray.max()) if gray.size else 0
+    if top == 0:
+        return gray, "empty"
+    if lossless:
+        values = np.unique(gray)
+        if top == 1:
+            return (gray * 255).astype(np.uint8), "0/1"
+        if top < 128 or (values[:2].tolist() == [0, 1] and len(values) == 3):
+            shown = values.tolist() if len(values) <= 6 else values[:3].tolist() + ["..."] + values[-2:].tolist()
+            raise case_error(case, f"ambiguous mask encoding: values {shown}; expected 0/1 or 0/255 (a PNG mask is "
+                                   "lossless)", path)
+    midgray = float(np.mean((gray >= 64) & (gray <= 191)))
+    if midgray > MAX_MIDGRAY_FRACTION:
+        raise case_error(case, f"mask is not binary: {100 * midgray:.0f}% of its pixels are mid-gray (64..191); "
+                               f"expected black (0) and white (255) up to JPEG noise", path)
+    return gray, "0/255"
 
 
 def binarize_mask(mask_gray: np.ndarray) -> np.ndarray:
-    """0/1 uint8 from a gray mask: ``> 127``."""
+    """0/1 uint8 from a gray mask on the 0/255 scale: ``> 127``.
+
+    >>> binarize_mask(np.array([0, 127, 128, 255], np.uint8)).tolist()
+    [0, 0, 1, 1]
+    """
     return (mask_gray > 127).astype(np.uint8)
 
 
 def convert_kvasir_case(case: str, image_path: Path, mask_path: Path, image_out: Path, label_out: Path,
                         size: Optional[Tuple[int, int]]) -> dict:
-    """Converts one case; returns ``{"case", "original_size": [h, w], "polyp_fraction"}``.
+    """Converts one case; returns ``{"case", "original_size": [h, w], "mask_encoding", "polyp_fraction", "mask"}``.
 
     ``size`` is (height, width) or None (keep). Module-level so that a spawn pool can run it.
     """
@@ -107,12 +171,8 @@ def convert_kvasir_case(case: str, image_path: Path, mask_path: Path, image_out:
         raise case_error(case, f"image is {image.size[1]}x{image.size[0]} (h x w) but its mask is "
                                f"{mask.size[1]}x{mask.size[0]}; expected the same size", mask_path)
     image = image.convert("RGB")
-    gray = mask.convert("L")
-    values = np.asarray(gray)
-    midgray = float(np.mean((values >= 64) & (values <= 191)))
-    if midgray > MAX_MIDGRAY_FRACTION:
-        raise case_error(case, f"mask is not binary: {100 * midgray:.0f}% of its pixels are mid-gray (64..191); "
-                               f"expected black (0) and white (255) up to JPEG noise", mask_path)
+    values, encoding = decode_mask(np.asarray(mask.convert("L")), mask.format in LOSSLESS_FORMATS, case, mask_path)
+    gray = Image.fromarray(values)
     original = [image.size[1], image.size[0]]
     if size is not None:
         wh = (size[1], size[0])
@@ -121,7 +181,8 @@ def convert_kvasir_case(case: str, image_path: Path, mask_path: Path, image_out:
     label = binarize_mask(np.asarray(gray))
     image.save(image_out)
     Image.fromarray(label).save(label_out)
-    return {"case": case, "original_size": original, "polyp_fraction": round(float(label.mean()), 6)}
+    return {"case": case, "original_size": original, "mask_encoding": encoding,
+            "polyp_fraction": round(float(label.mean()), 6), "mask": str(mask_path)}
 
 
 def _run_case(task):
@@ -178,9 +239,8 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
     how += (f" Training folds: nnU-Net's own seeded 5-fold cross-validation over the {len(train)} training cases "
             "(`generate_crossval_split`, seed 12345), the split nnU-Net would make itself.")
 
-    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
-                                                    NAME, overwrite)
-    with staged_dataset(target, overwrite) as tmp:
+    dest = destination(raw_root, preprocessed_root, install_split, dataset_id, NAME, overwrite)
+    with dest.staged() as tmp:
         tasks = []
         for part, ids in (("Tr", train), ("Ts", test)):
             (tmp / f"images{part}").mkdir()
@@ -188,16 +248,24 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
             tasks += [(c, *cases[c], tmp / f"images{part}" / f"{c}_0000.png", tmp / f"labels{part}" / f"{c}.png",
                        size) for c in ids]
         infos = parallel_map(_run_case, tasks, num_processes, desc="convert Kvasir-SEG", progress=progress)
-        write_dataset_json(tmp, {0: "R", 1: "G", 2: "B"}, {"background": 0, "polyp": 1}, len(train), ".png",
-                           name=name, reference=REFERENCE, reader_writer="NaturalImage2DIO",
-                           description=f"Kvasir-SEG polyps, {'resized to %dx%d' % size if size else 'original sizes'}, "
-                                       f"masks thresholded at >127",
-                           nnunet_pmdice_split=how)
-        write_split_files(tmp, name, splits, test, how)
-        write_record(tmp, {"dataset": "Kvasir-SEG", "source": str(root.resolve()), "size": size,
-                           "test_list": str(test_list) if test_list is not None else None,
-                           "test_fraction": None if test_list is not None else test_fraction,
-                           "seed": None if test_list is not None else seed, "test": test,
-                           "cases": {i["case"]: {k: v for k, v in i.items() if k != "case"} for i in infos}})
-    installed = install_splits(target, preprocessed)
-    return ConversionResult(target, train, test, splits, installed, notes)
+        empty = sorted(i["case"] for i in infos if i["polyp_fraction"] == 0)
+        if len(empty) == len(infos):
+            first = min(infos, key=lambda i: i["case"])["mask"]
+            raise ConversionError(f"all {len(infos)} masks are empty after conversion (every Kvasir-SEG image holds a "
+                                  f"polyp): no pixel above 127, nor a lossless 0/1 mask, e.g. in {first}")
+        if empty:
+            dest.notes.append(f"{len(empty)} case(s) with an empty mask: {', '.join(empty[:10])}")
+        encodings = sorted({i["mask_encoding"] for i in infos} - {"empty"})
+        dest.write_metadata(
+            tmp, splits=splits, test_cases=test, how=how, infos=infos,
+            dataset_json=dict(channel_names={0: "R", 1: "G", 2: "B"}, labels={"background": 0, "polyp": 1},
+                              num_training=len(train), file_ending=".png", reference=REFERENCE,
+                              reader_writer="NaturalImage2DIO",
+                              description=f"Kvasir-SEG polyps, {'resized to %dx%d' % size if size else 'original sizes'}"
+                                          f", masks read as {' and '.join(encodings)}"
+                                          + (" (thresholded at >127)" if "0/255" in encodings else "")),
+            record={"dataset": "Kvasir-SEG", "source": str(root.resolve()), "size": size,
+                    "test_list": str(test_list) if test_list is not None else None,
+                    "test_fraction": None if test_list is not None else test_fraction,
+                    "seed": None if test_list is not None else seed, "test": test})
+    return dest.result(train, test, splits)

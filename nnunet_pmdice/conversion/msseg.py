@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .common import (DEFAULT_SEED, ConversionError, ConversionResult, PathLike, case_error, check_case_id,
-                     cross_validation_folds, destination, resolve_num_processes, install_splits, parallel_map,
-                     read_case_list, seeded_test_split, split_by_list, staged_dataset, write_dataset_json, write_record,
-                     write_split_files)
+                     cross_validation_folds, destination, parallel_map, read_case_list, resolve_num_processes,
+                     seeded_test_split, split_by_list)
 from .nifti import NIFTI_ENDINGS, find_nifti, label_values, match_grid, read_image, write_image, write_label
 
 LAYOUTS = ("auto", "2016", "2016-flat", "msseg2")
@@ -232,9 +231,9 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
 
     is2 = layout == "msseg2"
     channels = MSSEG2_CHANNELS if is2 else MSSEG2016_CHANNELS
-    name, target, preprocessed, notes = destination(raw_root, preprocessed_root, install_split, dataset_id,
-                                                    "MSSEG2" if is2 else "MSSEG2016", overwrite)
-    with staged_dataset(target, overwrite) as tmp:
+    dest = destination(raw_root, preprocessed_root, install_split, dataset_id, "MSSEG2" if is2 else "MSSEG2016",
+                       overwrite)
+    with dest.staged() as tmp:
         tasks = []
         for part, part_ids in (("Tr", train), ("Ts", test)):
             (tmp / f"images{part}").mkdir()
@@ -242,22 +241,23 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
             for c in part_ids:
                 tasks.append((by_id[c], [tmp / f"images{part}" / f"{c}_{i:04d}.nii.gz" for i in range(len(channels))],
                               tmp / f"labels{part}" / f"{c}.nii.gz"))
-        infos = parallel_map(_run_case, tasks, num_processes, desc=f"convert {name[11:]}", progress=progress)
-        labels = {"background": 0, "new_lesion" if is2 else "lesion": 1}
-        write_dataset_json(tmp, dict(enumerate(channels)), labels, len(train), ".nii.gz", name=name,
-                           reference=REFERENCE_2 if is2 else REFERENCE_2016, reader_writer="SimpleITKIO",
-                           description=("MSSEG-2 new MS lesions, two FLAIR time points" if is2 else
-                                        "MSSEG-2016 MS lesions, 5 co-registered modalities, expert consensus")
-                           + f" ({layout} layout)", nnunet_pmdice_split=how)
-        write_split_files(tmp, name, splits, test, how)
+        infos = parallel_map(_run_case, tasks, num_processes, desc=f"convert {'MSSEG-2' if is2 else 'MSSEG-2016'}",
+                             progress=progress)
         empty = sorted(i["case"] for i in infos if i["lesion_voxels"] == 0)
         if empty:
-            notes.append(f"{len(empty)} case(s) with an empty ground truth: {', '.join(empty[:10])}")
-        write_record(tmp, {"dataset": "MSSEG-2" if is2 else "MSSEG-2016", "layout": layout,
-                           "source": str(Path(source).expanduser().resolve()),
-                           "test_list": str(test_list) if test_list is not None else None,
-                           "test_fraction": None if test_list is not None else test_fraction,
-                           "seed": None if test_list is not None else seed, "test": test,
-                           "cases": {i["case"]: {k: v for k, v in i.items() if k != "case"} for i in infos}})
-    installed = install_splits(target, preprocessed)
-    return ConversionResult(target, train, test, splits, installed, notes)
+            dest.notes.append(f"{len(empty)} case(s) with an empty ground truth: {', '.join(empty[:10])}")
+        dest.write_metadata(
+            tmp, splits=splits, test_cases=test, how=how, infos=infos,
+            dataset_json=dict(channel_names=dict(enumerate(channels)),
+                              labels={"background": 0, "new_lesion" if is2 else "lesion": 1},
+                              num_training=len(train), file_ending=".nii.gz",
+                              reference=REFERENCE_2 if is2 else REFERENCE_2016, reader_writer="SimpleITKIO",
+                              description=("MSSEG-2 new MS lesions, two FLAIR time points" if is2 else
+                                           "MSSEG-2016 MS lesions, 5 co-registered modalities, expert consensus")
+                              + f" ({layout} layout)"),
+            record={"dataset": "MSSEG-2" if is2 else "MSSEG-2016", "layout": layout,
+                    "source": str(Path(source).expanduser().resolve()),
+                    "test_list": str(test_list) if test_list is not None else None,
+                    "test_fraction": None if test_list is not None else test_fraction,
+                    "seed": None if test_list is not None else seed, "test": test})
+    return dest.result(train, test, splits)

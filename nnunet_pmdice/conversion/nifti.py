@@ -9,9 +9,16 @@ Geometry checks: a label map (or another channel) must be on the image's grid: t
 spacing, origin and direction equal within :data:`SPACING_RTOL`, :data:`ORIGIN_TOL_VOXELS` of a voxel
 and :data:`DIRECTION_ATOL`. Within those tolerances (header round-off) the reference geometry is copied
 over, so nnU-Net's strict check sees identical grids; beyond them the case is rejected.
+
+Completeness: SimpleITK fills the missing end of a ``.nii.gz`` cut short (a broken download) with zeros
+and reads it without an error. :func:`check_complete` therefore reads every file to its end first: the
+gzip stream must end properly (gzip checks its length and CRC) and hold the header and all the voxel bytes
+the header announces (nibabel parses the header); an uncompressed ``.nii`` must be as long.
 """
 from __future__ import annotations
 
+import gzip
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -50,15 +57,72 @@ def _itk_warnings(show: bool):
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
+def _expected_nifti_bytes(head: bytes) -> Optional[int]:
+    """Header + voxel bytes announced by a NIfTI-1/2 header (its first bytes), or None when it is not one."""
+    import nibabel as nib
+    for cls in (nib.Nifti1Header, nib.Nifti2Header):
+        size = cls.sizeof_hdr
+        if len(head) < size:
+            continue
+        for order in ("<", ">"):
+            if int(np.frombuffer(head[:4], order + "i4")[0]) == size:
+                try:
+                    hdr = cls(head[:size], endianness=order, check=False)
+                    shape = hdr.get_data_shape()
+                    itemsize = hdr.get_data_dtype().itemsize
+                    offset = int(hdr.get_data_offset())
+                except Exception:  # not a header nibabel understands: leave it to SimpleITK
+                    return None
+                return offset + int(np.prod(shape, dtype=np.int64)) * itemsize
+    return None
+
+
+def check_complete(path: Path, case: str) -> None:
+    """Reads the NIfTI file ``path`` to its end; ConversionError naming the file when it is cut short.
+
+    A ``.gz`` file must decompress to the end of its gzip stream (length and CRC checked); the data must
+    hold the header and all the voxel bytes its header announces.
+
+    Raises:
+        ConversionError: ``case <case>: truncated file: ... (<path>)``, or ``unreadable image file`` when it is
+            not a gzip stream at all.
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            length = len(head)
+            while True:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                length += len(chunk)
+    except EOFError:
+        raise case_error(case, "truncated file: the gzip stream ends early (an incomplete download?)", path) from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise case_error(case, f"unreadable image file: not a complete gzip stream ({e})", path) from None
+    except OSError as e:
+        raise case_error(case, f"unreadable image file: {e}", path) from None
+    expected = _expected_nifti_bytes(head)
+    if expected is not None and length < expected:
+        raise case_error(case, f"truncated file: {length} bytes of data where its header announces {expected}", path)
+
+
 def read_image(path: Path, case: str, ndim: int = 3, itk_warnings: bool = True):
-    """A SimpleITK image of ``ndim`` dimensions, or a ConversionError naming the case and the file.
+    """A SimpleITK image of ``ndim`` dimensions, read completely (:func:`check_complete`).
 
     ``itk_warnings=False`` hides ITK's warnings while reading (ACDC: every file warns about the
     "unexpected scales in sform" that this reader handles).
+
+    Raises:
+        ConversionError: naming the case and the file, when it is missing, cut short, unreadable, not
+            ``ndim``-dimensional or not one value per voxel.
     """
     import SimpleITK as sitk
     if not Path(path).is_file():
         raise case_error(case, "missing file", path)
+    check_complete(path, case)
     try:
         with _itk_warnings(itk_warnings):
             image = sitk.ReadImage(str(path))
@@ -130,5 +194,5 @@ def spacing_zyx(image) -> tuple:
     return tuple(float(s) for s in image.GetSpacing()[::-1])
 
 
-__all__ = ["find_nifti", "read_image", "match_grid", "label_values", "write_label",
+__all__ = ["find_nifti", "check_complete", "read_image", "match_grid", "label_values", "write_label",
            "write_image", "spacing_zyx", "NIFTI_ENDINGS"]
