@@ -49,7 +49,11 @@ _PATIENT = re.compile(r"patient\d{3}")
 
 
 def find_acdc_database(source: PathLike) -> Path:
-    """The folder holding ``training/``: ``source``, ``source/database`` or ``source/ACDC/database``."""
+    """The folder holding ``training/``: ``source``, ``source/database`` or ``source/ACDC/database``.
+
+    Raises:
+        ConversionError: no such folder.
+    """
     source = Path(source)
     if not source.is_dir():
         raise ConversionError(f"missing folder: expected the unpacked ACDC archive at {source}")
@@ -62,7 +66,11 @@ def find_acdc_database(source: PathLike) -> Path:
 
 
 def read_info_cfg(patient_dir: Path) -> Dict[str, str]:
-    """The ``key: value`` lines of ``Info.cfg``; ED and ES must be frame numbers."""
+    """The ``key: value`` lines of ``Info.cfg``; ED and ES must be frame numbers.
+
+    Raises:
+        ConversionError: ``Info.cfg`` is missing or unreadable, or has no ``ED: <n>`` / ``ES: <n>`` line.
+    """
     patient = patient_dir.name
     cfg = patient_dir / "Info.cfg"
     if not cfg.is_file():
@@ -86,7 +94,9 @@ def read_info_cfg(patient_dir: Path) -> Dict[str, str]:
 def patient_frames(patient_dir: Path, need_label: bool) -> List[dict]:
     """The ED and ES frames of a patient: ``[{"case", "phase", "image", "label"}]`` (label None if absent).
 
-    Missing frame files (or missing ground truth when ``need_label``) raise a ConversionError.
+    Raises:
+        ConversionError: a frame file (or its ground truth when ``need_label``) is missing; see
+            :func:`read_info_cfg`.
     """
     patient = patient_dir.name
     info = read_info_cfg(patient_dir)
@@ -111,6 +121,10 @@ def convert_acdc_case(frame: dict, image_out: Path, label_out: Optional[Path]) -
     """Converts one frame (3D image and optional ground truth); returns its spacing and shape.
 
     Module-level so that a spawn pool can run it.
+
+    Raises:
+        ConversionError: a file cut short or unreadable, not 3D, off the image's grid, or with label values
+            other than 0-3 (see :mod:`.nifti`).
     """
     case = frame["case"]
     image = read_image(frame["image"], case, ndim=3, itk_warnings=False)
@@ -155,6 +169,12 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
             :func:`~nnunet_pmdice.conversion.kvasir.convert_kvasir`.
 
     Returns: a :class:`~.common.ConversionResult` (train_cases: the 80 patients' frames in imagesTr).
+
+    Raises:
+        ConversionError: the source cannot be converted as it is (a missing, truncated or unreadable file,
+            a case off its grid, unexpected label values ...): one line naming the case and the file.
+        FileExistsError: the dataset (or its installed split) exists and ``overwrite`` is False.
+        ValueError: a bad argument, no raw folder, or the dataset id used by another dataset name.
 
     Example:
         >>> convert_acdc("~/data/ACDC/database", 502)  # doctest: +SKIP

@@ -111,7 +111,14 @@ def dataset_id_of(name: str) -> int:
 
 
 def resolve_raw_root(raw_root: Optional[PathLike]) -> Path:
-    """``raw_root`` if given, else ``$nnUNet_raw``; a ValueError when neither is there."""
+    """``raw_root`` if given, else ``$nnUNet_raw``.
+
+    Raises:
+        ValueError: neither is there.
+
+    >>> resolve_raw_root("/data/nnUNet_raw")
+    PosixPath('/data/nnUNet_raw')
+    """
     root = raw_root if raw_root is not None else os.environ.get("nnUNet_raw")
     if not root:
         raise ValueError("no output folder: give --out (raw_root) or set nnUNet_raw")
@@ -119,7 +126,11 @@ def resolve_raw_root(raw_root: Optional[PathLike]) -> Path:
 
 
 def resolve_preprocessed_root(preprocessed_root: Optional[PathLike], install_split: bool) -> Optional[Path]:
-    """Where ``splits_final.json`` gets installed: ``preprocessed_root``, else ``$nnUNet_preprocessed``, else None."""
+    """Where ``splits_final.json`` gets installed: ``preprocessed_root``, else ``$nnUNet_preprocessed``, else None.
+
+    >>> resolve_preprocessed_root("/data/pre", install_split=False) is None
+    True
+    """
     if not install_split:
         return None
     root = preprocessed_root if preprocessed_root is not None else os.environ.get("nnUNet_preprocessed")
@@ -178,6 +189,15 @@ def read_case_list(path: PathLike) -> List[str]:
     File names are accepted in place of ids (``cju0qkwl35piu0993l0dewei2.jpg`` -> ``cju0qkwl35piu0993l0dewei2``).
     A folder stands for the names of its files, or of the files in its ``images/`` sub-folder when it has
     one (the layout of PraNet's ``TestDataset/Kvasir``).
+
+    Raises:
+        ConversionError: ``path`` is missing or unreadable, or names no case.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "test.txt"
+    >>> _ = p.write_text("# PraNet test cases\\ncju0qkwl35piu0993l0dewei2.jpg\\ncju0s690hkp960855tjuaqvv0  # second\\n")
+    >>> read_case_list(p)
+    ['cju0qkwl35piu0993l0dewei2', 'cju0s690hkp960855tjuaqvv0']
     """
     path = Path(path)
     if path.is_dir():
@@ -207,7 +227,15 @@ def read_case_list(path: PathLike) -> List[str]:
 
 
 def split_by_list(cases: Sequence[str], test_cases: Sequence[str], source: PathLike) -> Tuple[List[str], List[str]]:
-    """(train, test) with ``test_cases`` as the test side; every listed case must exist, and some must remain."""
+    """(train, test) with ``test_cases`` as the test side; every listed case must exist, and some must remain.
+
+    Raises:
+        ConversionError: a listed case is not among ``cases`` (named with ``source``), or fewer than 2
+            training cases remain.
+
+    >>> split_by_list(["a", "b", "c", "d"], ["c"], "test.txt")
+    (['a', 'b', 'd'], ['c'])
+    """
     known = set(cases)
     unknown = [c for c in test_cases if c not in known]
     if unknown:
@@ -232,6 +260,14 @@ def seeded_test_split(cases: Sequence[str], test_fraction: float, seed: int,
         groups: case -> group (e.g. the scanner centre); the split is stratified over groups. None: one group.
 
     Returns: the training and the test case ids, each sorted.
+
+    Raises:
+        ValueError: ``test_fraction`` is not in (0, 1).
+        ConversionError: the split leaves fewer than 2 training or no test case.
+
+    >>> train, test = seeded_test_split([f"k{i:04d}" for i in range(1000)], 0.1, seed=12345)
+    >>> len(train), len(test)
+    (900, 100)
     """
     if not 0 < float(test_fraction) < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -257,6 +293,12 @@ def cross_validation_folds(train_cases: Sequence[str], num_folds: int = DEFAULT_
 
     With the defaults (5 folds, seed 12345) this is exactly the split nnU-Net would make itself on the
     same training cases; written down, it no longer depends on nnU-Net's defaults.
+
+    Raises:
+        ValueError: fewer than 2 training cases.
+
+    >>> [len(f["val"]) for f in cross_validation_folds([f"c{i}" for i in range(12)])]
+    [3, 3, 2, 2, 2]
     """
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     if len(train_cases) < 2:
@@ -322,7 +364,14 @@ def write_record(folder: Path, record: dict) -> None:
 
 def resolve_num_processes(num_processes: Optional[int]) -> int:
     """``num_processes`` checked (an int >= 1), or when None nnU-Net's default (``nnUNet_def_n_proc``, else 8)
-    capped at the CPU count."""
+    capped at the CPU count.
+
+    Raises:
+        ValueError: ``num_processes`` is not an int >= 1.
+
+    >>> resolve_num_processes(2)
+    2
+    """
     if num_processes is None:
         from nnunetv2.configuration import default_num_processes as nnunet_default
         return max(1, min(int(nnunet_default), os.cpu_count() or 1))
@@ -336,6 +385,9 @@ def parallel_map(function: Callable, items: Sequence, num_processes: Optional[in
 
     ``function`` must be picklable (a module-level function or a ``functools.partial`` of one). The first
     exception raised by any item is re-raised here (a ConversionError keeps its message).
+
+    >>> parallel_map(abs, [-1, 2, -3], num_processes=1, desc="abs", progress=False)
+    [1, 2, 3]
     """
     from tqdm import tqdm
     num_processes = resolve_num_processes(num_processes)

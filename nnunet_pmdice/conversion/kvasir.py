@@ -49,7 +49,11 @@ REFERENCE = ("Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020. https
 
 
 def find_kvasir_root(source: PathLike) -> Path:
-    """The folder holding ``images/`` and ``masks/``: ``source`` itself or ``source/Kvasir-SEG``."""
+    """The folder holding ``images/`` and ``masks/``: ``source`` itself or ``source/Kvasir-SEG``.
+
+    Raises:
+        ConversionError: ``source`` or one of the two folders is missing.
+    """
     source = Path(source)
     if not source.is_dir():
         raise ConversionError(f"missing folder: expected the unpacked Kvasir-SEG archive at {source}")
@@ -74,7 +78,13 @@ def _files_by_id(folder: Path) -> dict:
 
 
 def list_kvasir_cases(root: Path) -> dict:
-    """``{case id: (image path, mask path)}``; every image needs a mask of the same name and vice versa."""
+    """``{case id: (image path, mask path)}``; every image needs a mask of the same name and vice versa
+    (endings may differ: ``<id>.jpg`` with ``<id>.png``).
+
+    Raises:
+        ConversionError: no image, an image without a mask or a mask without an image, two files of one
+            case in a folder, or a name that is not usable as an nnU-Net case id.
+    """
     images, masks = _files_by_id(root / "images"), _files_by_id(root / "masks")
     if not images:
         raise ConversionError(f"no images (*.jpg) in {root / 'images'}")
@@ -163,6 +173,10 @@ def convert_kvasir_case(case: str, image_path: Path, mask_path: Path, image_out:
     """Converts one case; returns ``{"case", "original_size": [h, w], "mask_encoding", "polyp_fraction", "mask"}``.
 
     ``size`` is (height, width) or None (keep). Module-level so that a spawn pool can run it.
+
+    Raises:
+        ConversionError: an image or mask cut short or unreadable, a mask of another size than its image, a
+            mask of ambiguous encoding or not binary (:func:`decode_mask`).
     """
     from PIL import Image
     image = _open(image_path, case)
@@ -220,6 +234,13 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
         install_split: copy ``splits_final.json`` to ``preprocessed_root`` (default ``$nnUNet_preprocessed``).
 
     Returns: a :class:`~.common.ConversionResult`.
+
+    Raises:
+        ConversionError: the source cannot be converted as it is (a missing, truncated or unreadable file,
+            a case off its grid, unexpected label values ...): one line naming the case and the file.
+        FileExistsError: the dataset (or its installed split) exists and ``overwrite`` is False.
+        ValueError: a bad argument, no raw folder, or the dataset id used by another dataset name.
+        ConversionError: also when every mask comes out empty.
 
     Example:
         >>> convert_kvasir("~/data/Kvasir-SEG", 501, size=320)  # doctest: +SKIP

@@ -124,6 +124,11 @@ def find_msseg_cases(source: PathLike, layout: str = "auto") -> Tuple[str, List[
     """(layout, cases) found under ``source``; ``layout`` is one of :data:`LAYOUTS` (``auto`` detects it).
 
     For the 2016 layouts, a ``Training/`` folder under ``source`` is used when there is one.
+
+    Raises:
+        ValueError: ``layout`` is not one of :data:`LAYOUTS`.
+        ConversionError: no case, an incomplete case (a missing modality or ground truth), two layouts
+            mixed, another layout than ``layout``, or a case id found twice.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -173,7 +178,12 @@ def find_msseg_cases(source: PathLike, layout: str = "auto") -> Tuple[str, List[
 
 
 def convert_msseg_case(case: MssegCase, images_out: List[Path], label_out: Path) -> dict:
-    """Converts one case: every channel on the grid of the first, label values 0/1. Module-level (spawn pool)."""
+    """Converts one case: every channel on the grid of the first, label values 0/1. Module-level (spawn pool).
+
+    Raises:
+        ConversionError: a file cut short or unreadable, a channel or the ground truth off the first
+            channel's grid, or label values other than 0/1 (see :mod:`.nifti`).
+    """
     name = case["case"]
     first = read_image(case["channels"][0], name)
     images = [first] + [match_grid(first, read_image(p, name), name, case["channels"][0], p)
@@ -208,6 +218,14 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
         test_fraction, seed: the seeded split, stratified by centre (default 0.4: 2 of 5 patients per centre).
         overwrite, num_processes, progress, install_split, preprocessed_root: as in
             :func:`~nnunet_pmdice.conversion.kvasir.convert_kvasir`.
+
+    Returns: a :class:`~.common.ConversionResult`.
+
+    Raises:
+        ConversionError: the source cannot be converted as it is (a missing, truncated or unreadable file,
+            a case off its grid, unexpected label values ...): one line naming the case and the file.
+        FileExistsError: the dataset (or its installed split) exists and ``overwrite`` is False.
+        ValueError: a bad argument, no raw folder, or the dataset id used by another dataset name.
 
     Example:
         >>> convert_msseg("~/data/MSSEG2016/Training", 503)  # doctest: +SKIP

@@ -38,7 +38,13 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 def find_nifti(folder: Path, stem: str) -> Optional[Path]:
-    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (else None)."""
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (else None).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "Consensus.nii").write_bytes(b"")
+    >>> find_nifti(d, "Consensus").name, find_nifti(d, "T1")
+    ('Consensus.nii', None)
+    """
     for ending in NIFTI_ENDINGS:
         p = folder / (stem + ending)
         if p.is_file():
@@ -142,7 +148,11 @@ def _fmt(values: Iterable[float]) -> str:
 
 
 def match_grid(reference, other, case: str, reference_path: Path, other_path: Path):
-    """``other`` on ``reference``'s grid: geometry copied when equal within tolerance, else ConversionError."""
+    """``other`` on ``reference``'s grid: geometry copied when equal within tolerance.
+
+    Raises:
+        ConversionError: size, spacing, origin or direction differ beyond the tolerances (all named).
+    """
     problems = []
     if reference.GetSize() != other.GetSize():
         problems.append(f"size {other.GetSize()} != {reference.GetSize()}")
@@ -161,7 +171,11 @@ def match_grid(reference, other, case: str, reference_path: Path, other_path: Pa
 
 
 def label_values(image, allowed: Sequence[int], case: str, path: Path) -> np.ndarray:
-    """The label map as a uint8 array (z, y, x); ConversionError for non-integer or unexpected values."""
+    """The label map as a uint8 array (z, y, x).
+
+    Raises:
+        ConversionError: non-integer values, or values not in ``allowed``.
+    """
     import SimpleITK as sitk
     array = sitk.GetArrayViewFromImage(image)
     values = np.unique(array)
