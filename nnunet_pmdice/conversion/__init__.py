@@ -7,8 +7,10 @@
 
 Each writes ``Dataset<id>_<Name>`` (imagesTr/labelsTr, imagesTs/labelsTs, ``dataset.json`` from nnU-Net's
 ``generate_dataset_json``), ``splits_final.json`` with a note on how to install it, and ``conversion.json``
-(provenance); the dataset is built in a temporary folder and moved into place when complete. Bad input
-raises :class:`ConversionError` naming the case or file. Command line: ``nnunet-pmdice convert kvasir|acdc|msseg``.
+(provenance); the dataset is built in a hidden temporary folder and moved into place when complete
+(:func:`nnunet_pmdice.fileio.staged_folder`). Every input file is read completely or refused: bad input
+raises :class:`ConversionError` naming the case and the file. Command line:
+``nnunet-pmdice convert kvasir|acdc|msseg``; reference: ``docs/conversion.md``.
 """
 from .common import ConversionError, ConversionResult
 from .kvasir import convert_kvasir
