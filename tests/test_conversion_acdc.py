@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import nnunet_env
-from conversion_fixtures import (ACDC_SHAPE, acdc_frames, acdc_spacing, assert_refused, left_behind, make_acdc,
-                                 read_json, save_nifti, truncate, verify_integrity)
+from conversion_fixtures import (ACDC_SHAPE, acdc_frames, acdc_spacing, assert_refused, make_acdc,
+                                 read_json, save_nifti, verify_integrity)
 from nnunet_pmdice.conversion import (TRANSUNET_TEST, TRANSUNET_TRAIN, TRANSUNET_VAL, ConversionError,
                                       convert_acdc)
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import PYTHON, REPO, nnunet_env, run_cli
 from conversion_fixtures import assert_refused, left_behind, make_kvasir, read_json, truncate, verify_integrity
-from nnunet_pmdice.conversion import ConversionError, convert_kvasir
+from nnunet_pmdice.conversion import convert_kvasir
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import nnunet_env, run_cli
-from conversion_fixtures import (MSSEG_SHAPE, MSSEG_SPACING, assert_refused, left_behind, make_msseg2,
+from conversion_fixtures import (MSSEG_SHAPE, MSSEG_SPACING, assert_refused, make_msseg2,
                                  make_msseg2016, make_msseg2016_flat, read_json, save_nifti, truncate,
                                  verify_integrity)
-from nnunet_pmdice.conversion import ConversionError, convert_msseg
+from nnunet_pmdice.conversion import convert_msseg
 
 
 @pytest.fixture(scope="module")

@@ -218,8 +218,9 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
                 tasks.append((f, tmp / f"images{part}" / f"{f['case']}_0000.nii.gz", label_out))
         infos = parallel_map(_run_case, tasks, num_processes, desc="convert ACDC", progress=progress)
         if official:
+            with_gt = sum(f["label"] is not None for f in official)
             dest.notes.append(f"{len(official)} frames of ACDC's testing/ in imagesTsOfficial "
-                              f"({sum(f['label'] is not None for f in official)} with ground truth in labelsTsOfficial)")
+                              f"({with_gt} with ground truth in labelsTsOfficial)")
         dest.write_metadata(
             tmp, splits=splits, test_cases=test, how=how, infos=infos,
             dataset_json=dict(channel_names={0: "cineMRI"}, labels=LABELS, num_training=len(train) + len(val),

@@ -136,10 +136,10 @@ def decode_mask(gray: np.ndarray, lossless: bool, case: str = "?", path: Optiona
     (array([[  0, 255]], dtype=uint8), '0/1')
     >>> decode_mask(np.array([[3, 250]], np.uint8), lossless=False)[1]
     '0/255'
-    >>> decode_mask(np.array([[0, 1, 255]], np.uint8), lossless=True, case="c1")
+    >>> decode_mask(np.array([[0, 1, 255]], np.uint8), lossless=True, case="c1")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    nnunet_pmdice.conversion.common.ConversionError: case c1: ambiguous mask encoding: values [0, 1, 255]; expected 0/1 or 0/255 (a PNG mask is lossless)
+    nnunet_pmdice.conversion.common.ConversionError: case c1: ambiguous mask encoding: values [0, 1, 255]; ...
     """
     top = int(gray.max()) if gray.size else 0
     if top == 0:
@@ -277,13 +277,13 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
         if empty:
             dest.notes.append(f"{len(empty)} case(s) with an empty mask: {', '.join(empty[:10])}")
         encodings = sorted({i["mask_encoding"] for i in infos} - {"empty"})
+        resized = "resized to %dx%d" % size if size else "original sizes"
         dest.write_metadata(
             tmp, splits=splits, test_cases=test, how=how, infos=infos,
             dataset_json=dict(channel_names={0: "R", 1: "G", 2: "B"}, labels={"background": 0, "polyp": 1},
                               num_training=len(train), file_ending=".png", reference=REFERENCE,
                               reader_writer="NaturalImage2DIO",
-                              description=f"Kvasir-SEG polyps, {'resized to %dx%d' % size if size else 'original sizes'}"
-                                          f", masks read as {' and '.join(encodings)}"
+                              description=f"Kvasir-SEG polyps, {resized}, masks read as {' and '.join(encodings)}"
                                           + (" (thresholded at >127)" if "0/255" in encodings else "")),
             record={"dataset": "Kvasir-SEG", "source": str(root.resolve()), "size": size,
                     "test_list": str(test_list) if test_list is not None else None,
