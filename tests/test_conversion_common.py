@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from nnunet_pmdice.conversion.common import (ConversionError, dataset_folder_name, prepare_target, read_case_list,
-                                             resolve_num_processes, seeded_test_split, split_by_list,
-                                             staged_dataset)
+from nnunet_pmdice.conversion.common import (ConversionError, ConversionResult, dataset_folder_name, dataset_id_of,
+                                             prepare_target, read_case_list, resolve_num_processes,
+                                             seeded_test_split, split_by_list, staged_dataset)
 
 
 def test_staged_dataset_leaves_nothing_on_interrupt_and_keeps_the_old_one(tmp_path):
@@ -73,3 +73,13 @@ def test_num_processes_checked_up_front():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="num_processes must be an int >= 1"):
             resolve_num_processes(bad)
+
+
+def test_dataset_name_and_id_round_trip_and_summary(tmp_path):
+    for dataset_id in (7, 42, 501, 999):
+        assert dataset_id_of(dataset_folder_name(dataset_id, "KvasirSEG")) == dataset_id
+    res = ConversionResult(tmp_path / "Dataset042_ACDC", ["a", "b"], ["c"], [{"train": ["a"], "val": ["b"]}])
+    assert res.summary().splitlines()[-1] == "next: nnUNetv2_plan_and_preprocess -d 42 --verify_dataset_integrity"
+    (tmp_path / "Dataset042_Other").mkdir()
+    with pytest.raises(ValueError, match="dataset id 42 is already used by Dataset042_Other"):
+        prepare_target(tmp_path, "Dataset042_ACDC", overwrite=False, preprocessed_root=None)

@@ -199,8 +199,8 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
     train, val, test = cases_of(TRANSUNET_TRAIN), cases_of(TRANSUNET_VAL), cases_of(TRANSUNET_TEST)
     splits = [{"train": train, "val": val}]
     how = ("TransUNet's split of the 100 training patients, both frames (ED, ES) of a patient on the same side: "
-           "test = patients " + " ".join(p[7:] for p in TRANSUNET_TEST) + "; validation (fold 0) = patients "
-           + " ".join(p[7:] for p in TRANSUNET_VAL) + "; training = the other 70 patients.")
+           "test = patients " + " ".join(p[len("patient"):] for p in TRANSUNET_TEST) + "; validation (fold 0) = "
+           "patients " + " ".join(p[len("patient"):] for p in TRANSUNET_VAL) + "; training = the other 70 patients.")
 
     dest = destination(raw_root, preprocessed_root, install_split, dataset_id, NAME, overwrite)
     with dest.staged() as tmp:
