@@ -19,6 +19,7 @@ and its pid is gone).
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import math
 import os
@@ -274,7 +275,7 @@ def remove_abandoned(target: PathLike) -> List[Path]:
         return []
     removed = []
     for tag in _TAGS:
-        for folder in sorted(target.parent.glob(f".{target.name}.{tag}-*")):
+        for folder in sorted(target.parent.glob(f".{glob.escape(target.name)}.{tag}-*")):
             if folder.is_dir() and not folder.is_symlink() and _is_abandoned(folder):
                 shutil.rmtree(folder, ignore_errors=True)
                 if not folder.exists():
