@@ -175,3 +175,26 @@ def test_truncated_frame_or_ground_truth_is_refused_and_the_good_dataset_kept(ac
             convert_acdc(src, 951, raw, overwrite=True, num_processes=1, progress=False, install_split=False)
         assert sorted((p.relative_to(raw), p.stat().st_size) for p in raw.rglob("*")) == before
         path.write_bytes(good)
+
+
+def test_conversion_killed_hard_leaves_a_leftover_that_the_next_run_removes(acdc_src, tmp_path):
+    """SIGKILL in the middle of a real conversion: the hidden staging folder stays; the next run removes it."""
+    import signal
+    import time
+    env = nnunet_env(tmp_path)
+    raw = Path(env["nnUNet_raw"])
+    args = ["nnunet-pmdice", "convert", "acdc", str(acdc_src), "-d", "953", "-np", "1", "--no-progress"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partials = []
+    while proc.poll() is None:
+        partials = list(raw.glob(".Dataset953_ACDC.partial-*"))
+        if partials and len(list((partials[0] / "imagesTr").glob("*.nii.gz"))) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the conversion ended before it could be killed: {proc.stderr.read()[-300:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in raw.iterdir()] == [partials[0].name]
+    res = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset953_ACDC"]
