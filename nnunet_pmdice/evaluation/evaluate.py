@@ -6,8 +6,8 @@ and the spacing comes from the reference image. Classes (labels or regions) and 
 come from ``dataset.json`` through nnU-Net's ``LabelManager``.
 
 Every file is checked before it is scored, and refused with a one-line ``ValueError`` naming it
-(the CLI exits with status 2 and prints that line): a file nnU-Net's reader cannot read (e.g.
-truncated), more than one channel (e.g. an RGB image), a shape other than the reference's,
+(the CLI exits with status 2 and prints that line): a file nnU-Net's reader cannot read, or a
+truncated one (gzip streams are checked to their end), more than one channel (e.g. an RGB image), a shape other than the reference's,
 non-integer values, or label values ``dataset.json`` does not define (e.g. a 0/255 mask; the ignore
 label is allowed in references only). A prediction whose spacing differs from its reference's is
 scored on the reference's grid, with a warning, and listed in ``summary.json``
@@ -15,6 +15,7 @@ scored on the reference's grid, with a warning, and listed in ``summary.json``
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import sys
@@ -88,8 +89,16 @@ def find_dataset_json(pred_folder: Path, gt_folder: Path, dataset_json=None) -> 
 
 
 def _read_seg(reader, path: Path, what: str):
-    """A label map read completely by nnU-Net's reader, or a one-line ValueError naming the file."""
+    """A label map read completely by nnU-Net's reader, or a one-line ValueError naming the file.
+
+    A gzip-compressed file (``.nii.gz``) is first decompressed to its end: ITK reads a truncated
+    one without complaint, filling the missing voxels.
+    """
     try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
         seg, props = reader.read_seg(str(path))
     except Exception as e:   # each reader fails its own way (RuntimeError, OSError, AssertionError, ...)
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
@@ -210,12 +219,18 @@ def evaluate_folders(gt_folder, pred_folder, dataset_json=None, tau: float = DEF
     jobs = [(reader_cls, p, pred_folder / p.name, classes, float(tau), ignore_label, ending, labels) for p in refs]
 
     from tqdm import tqdm
-    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
-    if num_processes == 1:
-        per_case = [_evaluate_case(j) for j in tqdm(jobs, **bar)]
-    else:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
-            per_case = list(tqdm(pool.map(_evaluate_case, jobs), **bar))
+    per_case = []
+    # the bar is closed (its line ended) before an error propagates, so the error stays on a line of its own
+    with tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress, file=sys.stderr) as bar:
+        if num_processes == 1:
+            for j in jobs:
+                per_case.append(_evaluate_case(j))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
+                for result in pool.map(_evaluate_case, jobs):
+                    per_case.append(result)
+                    bar.update()
     rows = [r for case, _ in per_case for r in case]
     mismatches = [m for _, m in per_case if m is not None]
     if mismatches:
