@@ -44,6 +44,9 @@ def plot_metrics(results: Mapping[str, Mapping], path, title: str = "") -> Path:
     Args:
         results: ``{trainer: aggregate.combine_runs(...)}`` in legend order (baseline first).
         path: the PNG to write.
+
+    Raises:
+        ValueError: if ``results`` is empty.
     """
     if not results:
         raise ValueError("no results to plot")
@@ -140,6 +143,9 @@ def error_overlay(reference: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
     A foreground pixel predicted with the wrong class counts as a false positive (of the predicted
     class); a foreground pixel predicted as background is a false negative.
+
+    Raises:
+        ValueError: if the two label maps differ in shape.
     """
     if reference.shape != prediction.shape:
         raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
@@ -181,6 +187,9 @@ def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str
             :func:`overlay_slice`.
         path: the PNG to write.
         scores: optional ``{(trainer, case): Dice}`` shown in the panel titles.
+
+    Raises:
+        ValueError: if ``cases`` is empty.
     """
     if not cases:
         raise ValueError("no cases to show")

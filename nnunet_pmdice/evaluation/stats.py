@@ -277,10 +277,12 @@ def _p(v: Optional[float]) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def difference_table(comparison: Mapping, decimals: int = 2) -> str:
+def difference_table(comparison: Mapping, decimals: int = 2, *, per_class: Sequence[str] = ("dice",)) -> str:
     """Markdown: a block per contender with the mean difference [CI], p, Holm p, W/T/L and the mark.
 
-    Values and differences in % (percentage points); a footnote names the procedures.
+    Values and differences in % (percentage points); a footnote names the procedures. Rows: every
+    compared metric (mean over classes), then, with several classes, the metrics in ``per_class``
+    per class (the per-class Dice by default, as in the paper's table; all of them are in the dict).
 
     Raises:
         ValueError: if ``comparison`` is not a :func:`paired_comparison` result.
@@ -293,7 +295,7 @@ def difference_table(comparison: Mapping, decimals: int = 2) -> str:
     for name, result in comparison["contenders"].items():
         rows = [(TITLES.get(m, m), e) for m, e in result["metrics"].items()]
         for cls, per in result.get("per_class", {}).items():
-            rows += [(f"{TITLES.get(m, m)} ({cls})", e) for m, e in per.items()]
+            rows += [(f"{TITLES.get(m, m)} ({cls})", e) for m, e in per.items() if m in per_class]
         first = rows[0][1] if rows else {"n_cases": 0}
         lines += [f"**{name}** vs **{base}** (baseline): {first['n_cases']} paired test cases; runs: "
                   f"{comparison['runs'].get(name, '?')} vs {comparison['runs'].get(base, '?')}", "",
