@@ -16,8 +16,9 @@ on this data?" is answered per case, not by comparing two means:
   named in ``ci_method``; all differences equal (within ``TIE_TOLERANCE``) -> the interval is
   that value.
 - **Test**: Wilcoxon signed-rank test, two-sided (:func:`scipy.stats.wilcoxon`,
-  ``zero_method="wilcox"``, ``method="auto"``: exact up to 50 cases without tied ranks) on the
-  differences; tied cases (``|d| <= TIE_TOLERANCE``) are dropped before the test, as Wilcoxon's
+  ``zero_method="wilcox"``, ``method="auto"``: the exact distribution up to 50 cases without tied
+  ranks, an exhaustive permutation test up to 13 cases with tied ranks, else the normal
+  approximation) on the differences; tied cases (``|d| <= TIE_TOLERANCE``) are dropped before the test, as Wilcoxon's
   zero method does. No non-zero difference -> p = 1.
 - **Wins / ties / losses**: cases with ``d > TIE_TOLERANCE`` / ``|d| <= TIE_TOLERANCE`` / ``d < -TIE_TOLERANCE``.
 - **Multiple contenders**: Holm's step-down correction of the p-values across the contenders, per
