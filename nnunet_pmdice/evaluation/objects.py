@@ -126,9 +126,8 @@ def detected_objects(overlap: np.ndarray, alpha: float = ALPHA, beta: float = BE
         if size == 0 or covered / size <= alpha:
             continue
         ok, total = True, 0.0
-        for j in np.argsort(-overlap[i, 1:], kind="stable") + 1:
-            if overlap[i, j] == 0:
-                break
+        cols = np.flatnonzero(overlap[i, 1:]) + 1           # the detecting objects touching it,
+        for j in cols[np.argsort(-overlap[i, cols], kind="stable")]:   # largest overlap first
             if outside[j] > beta:
                 ok = False
                 break
