@@ -78,15 +78,20 @@ def _check_masks(ref: np.ndarray, pred: np.ndarray, valid: Optional[np.ndarray])
 
 
 def overlap_counts(ref: np.ndarray, pred: np.ndarray, valid: Optional[np.ndarray] = None) -> Tuple[int, int, int]:
-    """``(tp, fp, fn)`` of two boolean masks of the same shape, counted where ``valid`` is true."""
+    """``(tp, fp, fn)`` of two boolean masks of the same shape, counted where ``valid`` is true.
+
+    Counted by nnU-Net's own ``compute_tp_fp_fn_tn`` (``valid`` false = its ignore mask), so the
+    counts agree with nnU-Net's ``summary.json`` by construction.
+
+    Raises:
+        ValueError: if the masks differ in shape.
+    """
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+
     _check_masks(ref, pred, valid)
-    ref = ref.astype(bool, copy=False)
-    pred = pred.astype(bool, copy=False)
-    if valid is not None:
-        ref = ref & valid
-        pred = pred & valid
-    tp = int(np.count_nonzero(ref & pred))
-    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(ref.astype(bool, copy=False), pred.astype(bool, copy=False),
+                                        None if valid is None else ~valid.astype(bool, copy=False))
+    return int(tp), int(fp), int(fn)
 
 
 def normalized_surface_dice(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], tau: float) -> float:
@@ -99,6 +104,9 @@ def normalized_surface_dice(ref: np.ndarray, pred: np.ndarray, spacing: Sequence
 
     Returns:
         NSD in [0, 1]; NaN when both masks are empty; 0 when exactly one is empty.
+
+    Raises:
+        ValueError: if the masks differ in shape or are not 2D/3D, or spacing or tau is invalid.
 
     Example:
         >>> a = np.zeros((8, 8), bool); a[2:6, 2:6] = True
@@ -139,6 +147,10 @@ def class_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], t
         tau: NSD tolerance.
         valid: optional boolean mask; voxels where it is false (nnU-Net's ignore label) are left out.
 
+    Raises:
+        ValueError: if the masks differ in shape, or (for NSD) spacing or tau is invalid.
+        TypeError: if a mask is not a numpy array.
+
     Example:
         >>> r = np.zeros((6, 6), bool); r[1:4, 1:4] = True
         >>> p = np.zeros((6, 6), bool); p[1:4, 1:3] = True
@@ -163,16 +175,24 @@ def class_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], t
 
 
 def class_mask(segmentation: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
-    """Boolean mask of a label (``int``) or a region (tuple of labels: their union) in a label map."""
-    if isinstance(label_or_region, (tuple, list)):
-        return np.isin(segmentation, np.asarray(label_or_region))
-    return segmentation == label_or_region
+    """Boolean mask of a label (``int``) or a region (tuple of labels: their union) in a label map.
+
+    nnU-Net's ``region_or_label_to_mask``, so classes mean what they mean in nnU-Net's evaluation.
+    """
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
+    if isinstance(label_or_region, list):
+        label_or_region = tuple(label_or_region)
+    return region_or_label_to_mask(segmentation, label_or_region)
 
 
 def squeeze_spatial(seg: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, Tuple[float, ...]]:
     """Drops spatial axes of length 1 and their spacing (nnU-Net reads a 2D image as ``(1, H, W)``).
 
     ``seg`` is a label map as nnU-Net's readers return it, ``(1, *spatial)`` or ``spatial``.
+
+    Raises:
+        ValueError: if ``seg`` has several channels, does not match the spacing, or is not 2D/3D.
     """
     if seg.ndim == len(spacing) + 1:
         if seg.shape[0] != 1:
@@ -201,6 +221,9 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, classes: Sequence[Tu
 
     Returns:
         ``{class name: ClassMetrics}`` in the order of ``classes``.
+
+    Raises:
+        ValueError: if the label maps differ in shape (or see :func:`class_metrics`).
     """
     if ref_seg.shape != pred_seg.shape:
         raise ValueError(f"prediction has shape {pred_seg.shape}, reference has {ref_seg.shape}")
@@ -210,7 +233,11 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, classes: Sequence[Tu
 
 
 def classes_from_dataset_json(dataset_json: dict) -> Tuple[List[Tuple[str, LabelOrRegion]], Optional[int]]:
-    """Foreground classes ``[(name, label_or_region)]`` and the ignore label, as nnU-Net's LabelManager sees them."""
+    """Foreground classes ``[(name, label_or_region)]`` and the ignore label, as nnU-Net's LabelManager sees them.
+
+    Raises:
+        ValueError: if ``dataset_json`` has no ``labels`` mapping.
+    """
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     labels = dataset_json.get("labels")
