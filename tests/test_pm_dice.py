@@ -485,7 +485,7 @@ def test_two_class_kernel_equals_general_kernel(gammas, squared, with_ce, masked
 def test_two_channel_loss_takes_the_two_class_kernel():
     x = torch.randn(2, 2, 8, 8, requires_grad=True)
     t = torch.randint(0, 2, (2, 1, 8, 8))
-    inter, *_ = PMDiceLoss()._sums(x, t, None, with_ce=False)
+    inter, *_ = PMDiceLoss().dice_sums(x, t)
     assert type(inter.grad_fn).__name__ == "TwoClassPMDiceSumsBackward"
-    inter3, *_ = PMDiceLoss()._sums(torch.randn(2, 3, 8, 8, requires_grad=True), t, None, with_ce=False)
+    inter3, *_ = PMDiceLoss().dice_sums(torch.randn(2, 3, 8, 8, requires_grad=True), t)
     assert type(inter3.grad_fn).__name__ == "LabelMapPMDiceSumsBackward"

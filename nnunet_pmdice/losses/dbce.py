@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_logits, check_number, prepare_mask, prepare_target
-from .ce import cross_entropy_map
+from ._checks import check_number, prepare_inputs
+from .ce import ce_map_of_checked
 
 
 @lru_cache(maxsize=16)
@@ -172,7 +172,6 @@ class DilatedBalancedCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        check_logits(logits)
-        _, t = prepare_target(logits, target, "softmax")
-        mask = prepare_mask(logits, loss_mask)
-        return dilated_balanced_ce(cross_entropy_map(logits, t, mask), t, mask, self.dilation, logits.shape[1])
+        inputs = prepare_inputs(logits, target, loss_mask, "softmax")
+        return dilated_balanced_ce(ce_map_of_checked(logits, inputs, "softmax"), inputs.target, inputs.mask,
+                                   self.dilation, logits.shape[1])
