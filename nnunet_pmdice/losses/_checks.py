@@ -259,7 +259,7 @@ def _check_values(C: int, kind: str, raw: torch.Tensor, t: torch.Tensor, mask: O
 
     if values.get("not_whole"):
         bad = raw[t.to(raw.dtype) != raw].flatten()[0].item()
-        raise ValueError(f"target is a label map stored as {raw.dtype} but holds {bad!r}, which is not a whole "
+        raise ValueError(f"target is a label map stored as {raw.dtype} but holds {bad:g}, which is not a whole "
                          f"number: labels must be integers 0..{C - 1}")
     if kind == "labels" and "lo" in values:
         lo, hi = int(values["lo"]), int(values["hi"])
@@ -277,4 +277,4 @@ def _check_values(C: int, kind: str, raw: torch.Tensor, t: torch.Tensor, mask: O
     if values.get("bad_mask"):
         bad = mask[mask.ne(0) & mask.ne(1)].flatten()[0].item()
         raise ValueError(f"loss_mask must hold only 0 and 1 (1 where a pixel counts, 0 where it is ignored), "
-                         f"got {bad!r}; pass a bool or 0/1 tensor")
+                         f"got {bad:g}; pass a bool or 0/1 tensor")

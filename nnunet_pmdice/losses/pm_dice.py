@@ -58,7 +58,7 @@ class PMDiceLoss(DiceFamilyLoss):
         >>> loss(logits, target, loss_mask=torch.full((2, 1, 32, 32), 2.0))
         Traceback (most recent call last):
         ...
-        ValueError: loss_mask must hold only 0 and 1 (1 where a pixel counts, 0 where it is ignored), got 2.0; pass a bool or 0/1 tensor
+        ValueError: loss_mask must hold only 0 and 1 (1 where a pixel counts, 0 where it is ignored), got 2; pass a bool or 0/1 tensor
     """
 
     modulated = True
