@@ -83,7 +83,11 @@ class CrossEntropyTerm(nn.Module):
 
 
 class TopKCrossEntropyTerm(nn.Module):
-    """Mean of the ``k`` percent largest per-pixel CE values (nnU-Net's ``TopKLoss``, default k=10)."""
+    """Mean of the ``k`` percent largest per-pixel CE values (nnU-Net's ``TopKLoss``, default k=10).
+
+    Raises:
+        TypeError, ValueError: ``k`` is not a number in (0, 100].
+    """
 
     name = "TopKCE"
 
@@ -103,7 +107,11 @@ class TopKCrossEntropyTerm(nn.Module):
 
 
 class FocalCrossEntropyTerm(nn.Module):
-    """Focal loss of Lin et al. (2017), ``-(1 - p_t)**gamma * log(p_t)`` (paper eq. 3; default gamma 2)."""
+    """Focal loss of Lin et al. (2017), ``-(1 - p_t)**gamma * log(p_t)`` (paper eq. 3; default gamma 2).
+
+    Raises:
+        TypeError, ValueError: ``gamma`` is not a number >= 0.
+    """
 
     name = "FocalCE"
 
