@@ -346,6 +346,18 @@ def test_misspelt_or_misplaced_options_name_the_loss():
         CEPMDiceLoss(nonlin="sigmoid")
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: DiceLoss(batch_dice="no"), "batch_dice must be True or False, got 'no'"),
+    (lambda: PMDiceLoss(do_bg=None), "do_bg must be True or False, got None"),
+    (lambda: TopKDiceLoss(ddp=2), "ddp must be True or False, got 2"),
+    (lambda: CEPMDiceLoss(regions="yes"), "regions must be True or False"),
+])
+def test_flags_refuse_what_bool_would_silently_accept(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+    assert DiceLoss(batch_dice=1, squared=torch.tensor(False)).options == DiceOptions(batch_dice=True, squared=False)
+
+
 # -- input checks on every loss -------------------------------------------------------------------------
 CHECKED = DICE_LOSSES + [PMDiceLoss, DilatedBalancedCELoss]
 

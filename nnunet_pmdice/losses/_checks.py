@@ -61,6 +61,26 @@ def check_number(name: str, value, *, minimum: float = 0.0, strict: bool = False
     return value
 
 
+def check_flag(name: str, value) -> bool:
+    """A yes/no option: ``True`` / ``False`` (or 1 / 0, a numpy or 0-d tensor bool), as a bool.
+
+    Raises:
+        TypeError: anything else; ``bool("no")`` would silently be True.
+
+    Example:
+        >>> check_flag("batch_dice", 1)
+        True
+        >>> check_flag("batch_dice", "no")
+        Traceback (most recent call last):
+        ...
+        TypeError: batch_dice must be True or False, got 'no'
+    """
+    value = _scalar(value)
+    if isinstance(value, (str, bytes)) or value is None or not any(value == v for v in (0, 1)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_gamma(gamma: GammaArg, gamma_bg=None) -> Tuple[Union[float, Tuple[float, ...]], Optional[float]]:
     """Validates a focusing parameter: one number for every class, or one number per class.
 

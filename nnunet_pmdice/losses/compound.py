@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import GammaArg, check_number
+from ._checks import GammaArg, check_flag, check_number
 from .ce import CrossEntropyTerm, FocalCrossEntropyTerm, TopKCrossEntropyTerm
 from .dice_family import DiceFamilyLoss
 from .pm_dice import PMDiceLoss
@@ -51,7 +51,7 @@ class CompoundLoss(nn.Module):
         self.weight_dice = check_number("weight_dice", weight_dice) if dice is not None else 0.0
         self.weight_ce = check_number("weight_ce", weight_ce) if ce_term is not None else 0.0
         self.ignore_label = ignore_label
-        self.regions = bool(regions)
+        self.regions = check_flag("regions", regions)
         if dice is not None and (dice.nonlin == "sigmoid") != self.regions:
             raise ValueError(f"the Dice part uses nonlin={dice.nonlin!r} but regions={self.regions}: region "
                              f"training needs nonlin='sigmoid', label training nonlin='softmax'")

@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ._checks import LossInputs, check_nonlin, check_number, prepare_inputs
+from ._checks import LossInputs, check_flag, check_nonlin, check_number, prepare_inputs
 from ._kernels import DensePMDiceSums, LabelMapPMDiceSums, TwoClassPMDiceSums
 
 
@@ -58,7 +58,7 @@ class DiceOptions:
             initialised, so every rank optimises the global batch Dice. Ignored when it is not.
 
     Raises:
-        TypeError: ``smooth`` is not a real number.
+        TypeError: ``smooth`` is not a real number, a flag is not True / False.
         ValueError: ``smooth`` is not > 0 or not finite, or ``nonlin`` is unknown.
 
     Example:
@@ -82,7 +82,7 @@ class DiceOptions:
         set_("nonlin", check_nonlin(self.nonlin))
         set_("smooth", check_number("smooth", self.smooth, strict=True))
         for name in ("batch_dice", "do_bg", "squared", "ddp"):
-            set_(name, bool(getattr(self, name)))
+            set_(name, check_flag(name, getattr(self, name)))
 
     def describe(self) -> str:
         return (f"batch_dice={self.batch_dice}, do_bg={self.do_bg}, smooth={self.smooth:g}, squared={self.squared}, "
