@@ -4,11 +4,12 @@ Every check raises ``ValueError`` / ``TypeError`` with a message that names the 
 expected and what came, so that a wrong call fails on the first batch rather than silently training
 on nonsense.
 
-Cost: the shape checks read no data. The value checks of one loss call (:func:`prepare_inputs`:
-labels whole and in 0..C-1, a one-hot / soft target in [0, 1], a 0/1 loss mask) each take one pass
-over the target or the mask, never over the logits, and are read back together with **one** device
-synchronisation per call; a bool target or mask needs no pass at all. They are skipped while
-``torch.compile`` traces the loss, where a data-dependent branch would break the graph.
+Cost: the shape checks read no data. The value checks of one loss call (:func:`prepare_inputs`)
+read the target and the mask, never the logits: one reduction over the target for its range (two for a
+float label map, which is also compared with its int64 conversion to find non-whole labels) and one
+over a non-bool mask; a bool target or mask needs none. Their results are read back together with
+**one** device synchronisation per call. They are skipped while ``torch.compile`` traces the loss,
+where a data-dependent branch would break the graph.
 """
 from __future__ import annotations
 

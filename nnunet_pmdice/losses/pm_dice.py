@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ._checks import GammaArg, check_gamma, resolve_gammas
-from .dice_family import DiceFamilyLoss, DiceOptions  # noqa: F401  (DiceFamilyLoss: its former home)
+from .dice_family import DiceFamilyLoss
 
 
 class PMDiceLoss(DiceFamilyLoss):
