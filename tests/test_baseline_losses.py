@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceLoss, DilatedBalancedCELoss,
-                                  DilatedBalancedCETerm, FocalCrossEntropyTerm, LogDiceLoss, PMDiceLoss,
+from nnunet_pmdice.losses import (CEPMDiceLoss, CompoundLoss, CrossEntropyTerm, DiceFamilyLoss, DiceLoss,
+                                  DiceOptions, DilatedBalancedCELoss, DilatedBalancedCETerm, FocalCrossEntropyTerm,
+                                  FocalDiceWangLoss, FocalDiceZhaoLoss, LogDiceLoss, PMDiceBCELoss, PMDiceLoss,
                                   TopKCrossEntropyTerm, TopKDiceLoss, WangFocalDiceLoss, ZhaoFocalDiceLoss,
                                   cross_entropy_map)
 from nnunet_pmdice.losses._selected_dice import keep_top_percent
@@ -311,3 +312,97 @@ def test_bad_inputs_raise():
         DilatedBalancedCETerm(1)(cross_entropy_map(x, torch.zeros_like(x), nonlin="sigmoid"), None, t)
     with pytest.raises(ValueError, match="does not match the CE map"):
         DilatedBalancedCETerm(1)(ce, None, t[..., :4])
+
+
+# -- the Dice family --------------------------------------------------------------------------------------
+def test_each_loss_keeps_its_own_parameter_and_the_shared_options():
+    assert LogDiceLoss(gamma=0.5).gamma == 0.5 and LogDiceLoss(gamma=0.5).log_gamma == 0.5
+    assert not issubclass(DiceLoss, PMDiceLoss) and not hasattr(DiceLoss(), "gamma")
+    for cls in DICE_LOSSES + [PMDiceLoss]:
+        loss = cls()
+        assert isinstance(loss, DiceFamilyLoss) and loss.options == DiceOptions(), cls.__name__
+        assert loss.smooth == 1e-6 and loss.do_bg and loss.squared and loss.nonlin == "softmax"
+        assert loss.modulated == (cls is PMDiceLoss), cls.__name__
+    assert DiceLoss().gammas_for(3) == (0.0, 0.0, 0.0)
+    assert repr(DiceLoss()) == "DiceLoss(" + DiceOptions().describe() + ")"
+    assert repr(LogDiceLoss()).startswith("LogDiceLoss(gamma=0.3, batch_dice=False")
+
+
+def test_former_names_and_positional_options_still_work():
+    assert WangFocalDiceLoss is FocalDiceWangLoss and ZhaoFocalDiceLoss is FocalDiceZhaoLoss
+    # the Dice options follow each loss's own arguments, in the order of DiceOptions
+    assert PMDiceLoss(2.0, None, True).batch_dice
+    assert LogDiceLoss(0.5, False, False).options == DiceOptions(do_bg=False)
+    assert TopKDiceLoss(20, True, False, 1e-3).options == DiceOptions(batch_dice=True, do_bg=False, smooth=1e-3)
+    compound = CEPMDiceLoss(2.0, 1.0, batch_dice=True, squared=False, regions=False)
+    assert compound.dice.options == DiceOptions(batch_dice=True, squared=False)
+    assert PMDiceBCELoss(gamma=1.0).dice.nonlin == "sigmoid"
+
+
+def test_misspelt_or_misplaced_options_name_the_loss():
+    with pytest.raises(TypeError, match=r"LogDiceLoss\(\) got an unexpected keyword argument 'smoth'"):
+        LogDiceLoss(smoth=1.0)
+    with pytest.raises(TypeError, match="sets nonlin from regions"):
+        CEPMDiceLoss(nonlin="sigmoid")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: DiceLoss(batch_dice="no"), "batch_dice must be True or False, got 'no'"),
+    (lambda: PMDiceLoss(do_bg=None), "do_bg must be True or False, got None"),
+    (lambda: TopKDiceLoss(ddp=2), "ddp must be True or False, got 2"),
+    (lambda: CEPMDiceLoss(regions="yes"), "regions must be True or False"),
+])
+def test_flags_refuse_what_bool_would_silently_accept(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+    assert DiceLoss(batch_dice=1, squared=torch.tensor(False)).options == DiceOptions(batch_dice=True, squared=False)
+
+
+# -- input checks on every loss -------------------------------------------------------------------------
+CHECKED = DICE_LOSSES + [PMDiceLoss, DilatedBalancedCELoss]
+
+
+@pytest.mark.parametrize("make", CHECKED + [lambda: cross_entropy_map], ids=lambda c: getattr(c, "__name__", "ce"))
+def test_every_loss_refuses_bad_masks_labels_and_empty_input(make):
+    x, t = _random(12)
+    loss = make()
+    mask = torch.ones(2, 1, 10, 12)
+    mask[0, 0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match="loss_mask must hold only 0 and 1"):
+        loss(x, t, mask)
+    t_float = t.double()
+    t_float[1, 0, 3, 3] = 1.5
+    with pytest.raises(ValueError, match="holds 1.5, which is not a whole number"):
+        loss(x, t_float, None)
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        loss(x[:0], t[:0], None)
+    onehot = torch.zeros_like(x).scatter_(1, t, 1.0)
+    onehot[0, 0, 0, 0] = 3.0
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\]"):
+        loss(x, onehot, None)
+
+
+class _CountChecks:
+    def __init__(self, monkeypatch):
+        from nnunet_pmdice.losses import _checks
+        self.calls = 0
+        original = _checks._check_values
+
+        def counted(*args):
+            self.calls += 1
+            return original(*args)
+        monkeypatch.setattr(_checks, "_check_values", counted)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CEPMDiceLoss(ignore_label=3), lambda: CompoundLoss(TopKDiceLoss(), CrossEntropyTerm(), ignore_label=3),
+    lambda: CompoundLoss(DiceLoss(), DilatedBalancedCETerm(2, 3), ignore_label=3),
+    lambda: CompoundLoss(None, CrossEntropyTerm(), ignore_label=3), lambda: DilatedBalancedCELoss(2),
+], ids=["ce-pm-dice", "ce-topk-dice", "dbce-dice", "ce-only", "dbce"])
+def test_value_checks_run_once_per_call(make, monkeypatch):
+    """The value checks (one pass over target and mask, one device read-back) run once per call, also
+    where a compound computes its CE map apart from the Dice sums."""
+    x, t = _random(13)
+    counter = _CountChecks(monkeypatch)
+    make()(x, t.double())
+    assert counter.calls == 1

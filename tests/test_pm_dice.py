@@ -25,82 +25,54 @@ def _dice(inter, denom, eps=EPS):
 # Two pixels: pixel 0 is foreground predicted 0.75, pixel 1 is background predicted 0.5 (foreground prob).
 P_FG = [[0.75, 0.5]]
 LABELS = torch.tensor([[[[1, 0]]]])
+X = _logits_for_probs(P_FG)
+# gamma 1: class 1: y=[1,0], p=[.75,.5], m=|y-p|=[.25,.5]: I=.25*.75, D=.25*(1+.75^2)+.5*(.5^2)
+#          class 0: y=[0,1], p=[.25,.5], m=[.25,.5]:       I=.5*.5,   D=.25*(.25^2)+.5*(1+.5^2)
+D1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
+D0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
+# gamma_fg=2: m1=[.25^2, .5^2]
+D1_G2 = _dice(0.0625 * 0.75, 0.0625 * 1.5625 + 0.25 * 0.25)
+# a second sample: both pixels background, predicted fg .25 and .5 -> class 1 absent there
+X2 = torch.cat([X, _logits_for_probs([[0.25, 0.5]])])
+T2 = torch.tensor([[[[1, 0]]], [[[0, 0]]]])
+# sample 1, class 0: y=[1,1], p0=[.75,.5], m=[.25,.5]: I=.25*.75+.5*.5, D=.25*1.5625+.5*1.25
+D0_S1 = _dice(0.1875 + 0.25, 0.25 * 1.5625 + 0.5 * 1.25)
+# batch Dice: class 1 sums over both samples (sample 1 adds m*p^2 = .25*.0625 + .5*.25 to D)
+D1_B = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25 + 0.25 * 0.0625 + 0.5 * 0.25)
+D0_B = _dice(0.25 + 0.1875 + 0.25, 0.25 * 0.0625 + 0.5 * 1.25 + 0.25 * 1.5625 + 0.5 * 1.25)
+# one channel, sigmoid: p=[.75,.5], y=[1,0] -> exactly the "class 1" term above
+X_SIGMOID = torch.log(torch.tensor([[[[0.75 / 0.25, 1.0]]]], dtype=torch.float64))
+Y_SIGMOID = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+
+#: (options, logits, target, loss_mask, expected value), every value computed by hand above / inline
+HAND_COMPUTED = {
+    "gamma-1": (dict(gamma=1.0), X, LABELS, None, 1 - (D0 + D1) / 2),
+    "gamma-2-gamma-bg-1": (dict(gamma=2.0, gamma_bg=1.0), X, LABELS, None, 1 - (D0 + D1_G2) / 2),
+    "per-class-gamma": (dict(gamma=[1.0, 2.0]), X, LABELS, None, 1 - (D0 + D1_G2) / 2),
+    # m = 1: class 1: I=.75, D=(1+.5625)+.25 ; class 0: I=.5, D=.0625+(1+.25)
+    "gamma-0-is-eq4-dice": (dict(gamma=0.0), X, LABELS, None,
+                            1 - (_dice(0.5, 0.0625 + 1.25) + _dice(0.75, 1.5625 + 0.25)) / 2),
+    # squared=False: D = sum m*(y+p); do_bg=False keeps class 1 only
+    "linear-denominator-no-background": (dict(gamma=1.0, squared=False, do_bg=False), X, LABELS, None,
+                                         1 - _dice(0.1875, 0.25 * 1.75 + 0.5 * 0.5)),
+    "absent-class-excluded": (dict(gamma=1.0), X2, T2, None, 1 - (D1 + D0 + D0_S1) / 3),
+    "batch-dice": (dict(gamma=1.0, batch_dice=True), X2, T2, None, 1 - (D0_B + D1_B) / 2),
+    # masking pixel 1 leaves only pixel 0: class 1 I=.1875, D=.25*1.5625; class 0 absent among counted pixels
+    "loss-mask": (dict(gamma=1.0), X, LABELS, torch.tensor([[[[1.0, 0.0]]]]), 1 - _dice(0.1875, 0.25 * 1.5625)),
+    "3d-vm-dice": (dict(gamma=1.0), X.unsqueeze(-1), LABELS.unsqueeze(-1), None, 1 - (D0 + D1) / 2),
+    "sigmoid-mode": (dict(gamma=1.0, nonlin="sigmoid"), X_SIGMOID, Y_SIGMOID, None, 1 - D1),
+}
 
 
-def test_hand_computed_gamma_1():
-    # class 1: y=[1,0], p=[.75,.5], m=|y-p|=[.25,.5]: I=.25*.75, D=.25*(1+.75^2)+.5*(.5^2)
-    # class 0: y=[0,1], p=[.25,.5], m=[.25,.5]:       I=.5*.5,   D=.25*(.25^2)+.5*(1+.5^2)
-    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
-    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
-    loss = PMDiceLoss(gamma=1.0)(_logits_for_probs(P_FG), LABELS)
-    assert loss.item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-12)
+@pytest.mark.parametrize("kw, x, t, mask, expected", list(HAND_COMPUTED.values()), ids=list(HAND_COMPUTED))
+def test_hand_computed(kw, x, t, mask, expected):
+    loss = PMDiceLoss(**kw)(x, t, mask)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert loss.dtype == torch.float64
 
 
-def test_hand_computed_per_class_gamma_and_gamma_bg():
-    # gamma_bg=1 (class 0 as above), gamma_fg=2: m1=[.25^2, .5^2]
-    d1 = _dice(0.0625 * 0.75, 0.0625 * 1.5625 + 0.25 * 0.25)
-    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
-    expected = 1 - (d0 + d1) / 2
-    x = _logits_for_probs(P_FG)
-    assert PMDiceLoss(gamma=2.0, gamma_bg=1.0)(x, LABELS).item() == pytest.approx(expected, abs=1e-12)
-    assert PMDiceLoss(gamma=[1.0, 2.0])(x, LABELS).item() == pytest.approx(expected, abs=1e-12)
-
-
-def test_hand_computed_gamma_0_is_eq4_dice():
-    # m = 1: class 1: I=.75, D=(1+.5625)+.25 ; class 0: I=.5, D=.0625+(1+.25)
-    d1 = _dice(0.75, 1.5625 + 0.25)
-    d0 = _dice(0.5, 0.0625 + 1.25)
-    assert PMDiceLoss(gamma=0.0)(_logits_for_probs(P_FG), LABELS).item() == pytest.approx(1 - (d0 + d1) / 2,
-                                                                                          abs=1e-12)
-
-
-def test_hand_computed_linear_denominator_and_no_background():
-    # squared=False: D = sum m*(y+p); do_bg=False keeps class 1 only
-    d1 = _dice(0.1875, 0.25 * 1.75 + 0.5 * 0.5)
-    loss = PMDiceLoss(gamma=1.0, squared=False, do_bg=False)(_logits_for_probs(P_FG), LABELS)
-    assert loss.item() == pytest.approx(1 - d1, abs=1e-12)
-
-
-def test_hand_computed_absent_class_excluded_and_batch_dice():
-    # sample 0 as above; sample 1: both pixels background, predicted fg .25 and .5 -> class 1 absent there
-    x = torch.cat([_logits_for_probs(P_FG), _logits_for_probs([[0.25, 0.5]])])
-    t = torch.tensor([[[[1, 0]]], [[[0, 0]]]])
-    d1_s0 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
-    d0_s0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
-    # sample 1, class 0: y=[1,1], p0=[.75,.5], m=[.25,.5]: I=.25*.75+.5*.5, D=.25*1.5625+.5*1.25
-    d0_s1 = _dice(0.1875 + 0.25, 0.25 * 1.5625 + 0.5 * 1.25)
-    per_sample = PMDiceLoss(gamma=1.0)(x, t).item()
-    assert per_sample == pytest.approx(1 - (d1_s0 + d0_s0 + d0_s1) / 3, abs=1e-12)
-    # batch Dice: class 1 sums over both samples (sample 1 adds m*p^2 = .25*.0625 + .5*.25 to D)
-    d1_b = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25 + 0.25 * 0.0625 + 0.5 * 0.25)
-    d0_b = _dice(0.25 + 0.1875 + 0.25, 0.25 * 0.0625 + 0.5 * 1.25 + 0.25 * 1.5625 + 0.5 * 1.25)
-    assert PMDiceLoss(gamma=1.0, batch_dice=True)(x, t).item() == pytest.approx(1 - (d0_b + d1_b) / 2, abs=1e-12)
-
-
-def test_hand_computed_loss_mask():
-    # masking pixel 1 leaves only pixel 0: class 1 I=.1875, D=.25*1.5625; class 0 absent among counted pixels
-    mask = torch.tensor([[[[1.0, 0.0]]]])
-    d1 = _dice(0.1875, 0.25 * 1.5625)
-    loss = PMDiceLoss(gamma=1.0)(_logits_for_probs(P_FG), LABELS, loss_mask=mask)
-    assert loss.item() == pytest.approx(1 - d1, abs=1e-12)
-
-
-def test_hand_computed_3d_vm_dice():
-    x = _logits_for_probs(P_FG).unsqueeze(-1)  # (1, 2, 1, 2, 1)
-    t = LABELS.unsqueeze(-1)
-    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
-    d0 = _dice(0.25, 0.25 * 0.0625 + 0.5 * 1.25)
-    assert VMDiceLoss(gamma=1.0)(x, t).item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-12)
+def test_vm_dice_is_pm_dice():
     assert VMDiceLoss is PMDiceLoss
-
-
-def test_hand_computed_sigmoid_mode():
-    # one channel, sigmoid: p=[.75,.5], y=[1,0] -> exactly the "class 1" term above
-    x = torch.log(torch.tensor([[[[0.75 / 0.25, 1.0]]]], dtype=torch.float64))
-    y = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
-    d1 = _dice(0.1875, 0.25 * 1.5625 + 0.5 * 0.25)
-    assert PMDiceLoss(gamma=1.0, nonlin="sigmoid")(x, y).item() == pytest.approx(1 - d1, abs=1e-12)
 
 
 def test_one_hot_target_equals_label_map():
@@ -420,6 +392,116 @@ def test_bad_loss_mask_raises():
         PMDiceLoss()(torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), loss_mask=torch.ones(2, 3, 4, 4))
 
 
+@pytest.mark.parametrize("bad", [2.0, -1.0, 255.0, 0.5, float("nan")])
+@pytest.mark.parametrize("C", [2, 3])
+def test_non_binary_loss_mask_raises(bad, C):
+    """A mask value other than 0/1 used to weight pixels and gave values outside [0, 1] (1.109 seen)."""
+    x = torch.zeros(1, C, 2, 2)
+    mask = torch.ones(1, 1, 2, 2)
+    mask[..., 0, 0] = bad
+    with pytest.raises(ValueError, match="loss_mask must hold only 0 and 1"):
+        PMDiceLoss()(x, torch.zeros(1, 1, 2, 2), mask)
+    onehot = torch.zeros(1, C, 2, 2)
+    onehot[:, 0] = 1
+    with pytest.raises(ValueError, match="loss_mask must hold only 0 and 1"):
+        PMDiceLoss()(x, onehot, mask)
+
+
+def test_binary_loss_masks_of_every_dtype_are_accepted():
+    x, t = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 1, 4, 4))
+    mask = torch.rand(2, 1, 4, 4) > 0.3
+    expected = PMDiceLoss()(x, t, mask).item()
+    for m in (mask.float(), mask.long(), mask.half(), mask[:, 0]):
+        assert PMDiceLoss()(x, t, m).item() == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("bad, shown", [(2.5, "2.5"), (-0.5, "-0.5"), (0.999, "0.999"), (float("nan"), "nan"),
+                                        (float("inf"), "inf")])
+@pytest.mark.parametrize("C", [2, 3])
+def test_non_integer_float_labels_raise(bad, shown, C):
+    """A float label map was truncated to int64: 2.5 -> 2, -0.5 -> 0, NaN -> -2**63 ("label -9223372036854775808")."""
+    t = torch.zeros(1, 1, 2, 2)
+    t[..., 1, 1] = bad
+    with pytest.raises(ValueError, match=f"holds {shown}, which is not a whole number: labels must be integers "
+                                         f"0..{C - 1}"):
+        PMDiceLoss()(torch.zeros(1, C, 2, 2), t)
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.0, 1.5])
+def test_one_hot_target_outside_unit_interval_raises(bad):
+    y = torch.zeros(1, 3, 2, 2)
+    y[:, 0] = 1
+    y[0, 1, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\]"):
+        PMDiceLoss()(torch.zeros(1, 3, 2, 2), y)
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\]"):
+        PMDiceLoss(nonlin="sigmoid")(torch.zeros(1, 3, 2, 2), y)
+    y[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="holds NaN"):
+        PMDiceLoss(nonlin="sigmoid")(torch.zeros(1, 3, 2, 2), y)
+
+
+@pytest.mark.parametrize("nonlin", ["softmax", "sigmoid"])
+def test_soft_targets_in_unit_interval_are_a_feature(nonlin):
+    """Soft targets (label smoothing, partial-volume maps) enter the sums as they are, as in eq. 5's reference."""
+    torch.manual_seed(15)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(2, 3, 6, 7, dtype=torch.float64), 1)
+    _assert_matches_reference(x, y, dict(gamma=2.0, nonlin=nonlin))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 4, 0), (2, 0, 4, 4)])
+def test_empty_batch_or_image_raises(shape):
+    logits = torch.zeros(shape)
+    with pytest.raises(ValueError, match=r"the batch, channel and spatial sizes must all be >= 1"):
+        PMDiceLoss()(logits, torch.zeros(shape[0], 1, *shape[2:]))
+
+
+def test_zero_dim_tensor_gamma_is_a_number_and_one_dim_tensor_is_per_class():
+    x, t = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 1, 5, 5))
+    assert PMDiceLoss(gamma=torch.tensor(2.0))(x, t).item() == PMDiceLoss(gamma=2.0)(x, t).item()
+    assert PMDiceLoss(gamma=torch.tensor(2.0)).gammas_for(3) == (2.0, 2.0, 2.0)
+    assert PMDiceLoss(gamma=torch.tensor([1.0, 2.0, 3.0])).gammas_for(3) == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match=r"gamma has 1 value \(one per class\)"):
+        PMDiceLoss(gamma=[2.0])(x, t)
+    with pytest.raises(ValueError, match=r"1-D sequence with one value per class, got a tensor of shape \(2, 2\)"):
+        PMDiceLoss(gamma=torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("C", [2, 3])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("channel", [0, 1])
+def test_nan_or_plus_inf_logit_gives_nan_on_every_path(C, bad, channel):
+    """NaN in, NaN out: +inf or NaN at one pixel makes value and gradient NaN with two channels (the
+    two-class kernel used to take the limit and return a finite value) as with three."""
+    torch.manual_seed(16)
+    x = torch.randn(2, C, 4, 4)
+    x[1, channel, 2, 3] = bad
+    x.requires_grad_()
+    t = torch.randint(0, C, (2, 1, 4, 4))
+    from nnunet_pmdice.losses import CEPMDiceLoss
+    for loss in (PMDiceLoss(gamma=2.0), PMDiceLoss(gamma=0.0, batch_dice=True), CEPMDiceLoss()):
+        value = loss(x, t)
+        assert torch.isnan(value), type(loss).__name__
+        grad, = torch.autograd.grad(value, x)
+        assert torch.isnan(grad).any()
+    assert torch.isnan(torch.softmax(x.detach(), 1)[1, :, 2, 3]).all()  # what the rule follows
+
+
+@pytest.mark.parametrize("C", [2, 3])
+def test_minus_inf_logit_is_probability_zero_on_every_path(C):
+    torch.manual_seed(17)
+    x = torch.randn(2, C, 4, 4, dtype=torch.float64)
+    t = torch.randint(1, C, (2, 1, 4, 4))  # the -inf channel 0 is never the label: CE stays finite
+    x[1, 0, 2, 3] = -float("inf")
+    x.requires_grad_()
+    value = PMDiceLoss(gamma=2.0)(x, t)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(reference_pm_dice(x, t, gamma=2.0).item(), abs=1e-12)
+    grad, = torch.autograd.grad(value, x)
+    assert torch.isfinite(grad).all()
+
+
 def test_value_is_in_unit_interval_and_decreases_when_prediction_improves():
     torch.manual_seed(12)
     t = torch.randint(0, 3, (2, 1, 16, 16))
@@ -485,7 +567,7 @@ def test_two_class_kernel_equals_general_kernel(gammas, squared, with_ce, masked
 def test_two_channel_loss_takes_the_two_class_kernel():
     x = torch.randn(2, 2, 8, 8, requires_grad=True)
     t = torch.randint(0, 2, (2, 1, 8, 8))
-    inter, *_ = PMDiceLoss()._sums(x, t, None, with_ce=False)
+    inter, *_ = PMDiceLoss().dice_sums(x, t)
     assert type(inter.grad_fn).__name__ == "TwoClassPMDiceSumsBackward"
-    inter3, *_ = PMDiceLoss()._sums(torch.randn(2, 3, 8, 8, requires_grad=True), t, None, with_ce=False)
+    inter3, *_ = PMDiceLoss().dice_sums(torch.randn(2, 3, 8, 8, requires_grad=True), t)
     assert type(inter3.grad_fn).__name__ == "LabelMapPMDiceSumsBackward"

@@ -46,11 +46,27 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+#: Largest exponent that :func:`powf` builds from multiplications. Exponentiation by squaring takes
+#: floor(log2 e) squarings and one multiplication per further set bit of e, each a full pass over the
+#: tensor: at most 8 passes (a copy, 4 squarings, 3 multiplications) up to 16. The paper's gammas
+#: (0 to 5) plus the denominator's offset 2 stay far below; larger exponents take one ``pow``.
+_MAX_MULTIPLIED_EXPONENT = 16
+
+
 def powf(t: torch.Tensor, e: float) -> torch.Tensor:
     """``t ** e`` for t >= 0 as a new tensor, taking the cheap route for the exponents PM Dice uses.
 
     ``torch.pow`` with a general exponent costs a transcendental per element; integer and
-    half-integer exponents are built from multiplications and one square root instead.
+    half-integer exponents up to ``_MAX_MULTIPLIED_EXPONENT`` are built from multiplications and one
+    square root instead.
+
+    Example:
+        >>> import torch
+        >>> t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+        >>> [bool(torch.equal(powf(t, e), t ** e)) for e in (0, 1, 2, 5, 16)]
+        [True, True, True, True, True]
+        >>> bool(torch.allclose(powf(t, 2.5), t ** 2.5)), bool(torch.allclose(powf(t, 17.0), t ** 17))
+        (True, True)
     """
     if e == 0:
         return torch.ones_like(t)
@@ -62,7 +78,7 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
         return t.pow(3)  # aten has a fast path for 3
     if e == 0.5:
         return t.sqrt()
-    if float(e).is_integer() and e <= 16:
+    if float(e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
         n, base, out = int(e), t, None
         while n:  # exponentiation by squaring
             if n & 1:
@@ -74,7 +90,7 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
             if n:
                 base = base * base
         return out
-    if float(2 * e).is_integer() and e <= 16:
+    if float(2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
         return powf(t, e - 0.5).mul_(t.sqrt())
     return t.pow(e)
 
@@ -263,8 +279,13 @@ class TwoClassPMDiceSums(torch.autograd.Function):
         B = logits.shape[0]
         with torch.autocast(logits.device.type, enabled=False):
             x = logits.to(cdt)
-            s = x[:, 1:2] - x[:, 0:1]                      # (B, 1, *spatial): z for class 1
-            del x
+            x0, x1 = x[:, 0:1], x[:, 1:2]
+            s = x1 - x0                                    # (B, 1, *spatial): z for class 1
+            # As torch.softmax: a pixel whose larger logit is +inf or NaN gets NaN, not the limit (x1 - x0
+            # alone would turn x1 = +inf into p = 1 where the general kernel gives NaN). max * 0 is exactly
+            # 0 for finite logits, so finite input keeps bit-identical values.
+            s.add_(torch.maximum(x0, x1).mul_(0.0))
+            del x, x0, x1
             n = s[0].numel()
             # y rows: [y_0, y_1] (times the mask), the right-hand side of the sums' matrix product
             Y = torch.empty((B, 2, n), dtype=cdt, device=s.device)

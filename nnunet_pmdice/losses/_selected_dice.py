@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_logits, check_number, prepare_mask, prepare_target
-from .pm_dice import DiceFamilyLoss
+from ._checks import LossInputs, check_number
+from .dice_family import DiceFamilyLoss
 
 
 def keep_top_percent(errors: torch.Tensor, candidates: torch.Tensor, k: float) -> torch.Tensor:
@@ -56,17 +56,20 @@ class SelectedDiceLoss(DiceFamilyLoss):
 
     Args:
         k: percentage of the ranked side kept per sample and class (0 < k <= 100).
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: the Dice options of :class:`DiceFamilyLoss`.
-            With ``batch_dice`` the ranking is still per sample (the paper ranks "for each image"); the
-            selected sums are then added over the batch.
+        *args, **options: the :class:`~nnunet_pmdice.losses.DiceOptions`. With ``batch_dice`` the
+            ranking is still per sample (the paper ranks "for each image"); the selected sums are then
+            added over the batch.
+
+    Raises:
+        TypeError, ValueError: ``k`` not a number in (0, 100], bad options; in a call, the input errors
+            of :class:`DiceFamilyLoss`.
     """
 
     #: which side of the ground truth is ranked: "positives" (y = 1) or "negatives" (y = 0)
     ranked_side: str = ""
 
-    def __init__(self, k: float = 10.0, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-6,
-                 squared: bool = True, nonlin: str = "softmax", ddp: bool = False):
-        super().__init__(batch_dice=batch_dice, do_bg=do_bg, smooth=smooth, squared=squared, nonlin=nonlin, ddp=ddp)
+    def __init__(self, k: float = 10.0, *args, **options):
+        super().__init__(*args, **options)
         self.k = check_number("k", k, strict=True, maximum=100.0)
 
     def extra_repr(self) -> str:
@@ -84,11 +87,9 @@ class SelectedDiceLoss(DiceFamilyLoss):
         kept = keep_top_percent((y - p_hat).abs(), ranked, self.k)
         return kept | ~ranked
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        check_logits(logits)
-        kind, t = prepare_target(logits, target, self.nonlin)
-        mask = prepare_mask(logits, loss_mask)
+    def _sums(self, logits: torch.Tensor, inputs: LossInputs, with_ce: bool):
+        """The Dice sums over the selected pixels (plain autograd); no shared CE map."""
+        kind, t, mask = inputs
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         with torch.autocast(logits.device.type, enabled=False):
             x = logits.to(dtype)
@@ -110,4 +111,4 @@ class SelectedDiceLoss(DiceFamilyLoss):
                 denom = (p * p * weight).sum(dims) + (y_weighted * y).sum(dims)
             else:
                 denom = (p * weight).sum(dims) + y_weighted.sum(dims)
-        return self._dice_loss(inter, denom, gt)
+        return inter, denom, gt, None

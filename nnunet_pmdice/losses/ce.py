@@ -29,14 +29,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_number, prepare_mask, prepare_target
+from ._checks import LossInputs, check_nonlin, check_number, prepare_inputs
 
 
 def cross_entropy_map(logits: torch.Tensor, target: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
                       nonlin: str = "softmax") -> torch.Tensor:
-    """Per-pixel CE (B, 1, *spatial) for softmax, per-element BCE (B, C, *spatial) for sigmoid; 0 where masked."""
-    kind, t = prepare_target(logits, target, nonlin)
-    mask = prepare_mask(logits, loss_mask)
+    """Per-pixel CE (B, 1, *spatial) for softmax, per-element BCE (B, C, *spatial) for sigmoid; 0 where masked.
+
+    Targets and masks as the Dice-family losses take them (label map, or one-hot / soft in [0, 1]).
+
+    Raises:
+        TypeError, ValueError: an unknown ``nonlin`` and the input errors of the Dice-family losses
+            (:func:`nnunet_pmdice.losses._checks.prepare_inputs`).
+
+    Example:
+        >>> import math, torch
+        >>> ce = cross_entropy_map(torch.zeros(1, 2, 1, 2), torch.tensor([[[[0, 1]]]]))
+        >>> [round(v, 4) for v in ce.flatten().tolist()] == [round(math.log(2), 4)] * 2
+        True
+    """
+    return ce_map_of_checked(logits, prepare_inputs(logits, target, loss_mask, check_nonlin(nonlin)), nonlin)
+
+
+def ce_map_of_checked(logits: torch.Tensor, inputs: LossInputs, nonlin: str) -> torch.Tensor:
+    """:func:`cross_entropy_map` of inputs that :func:`~nnunet_pmdice.losses._checks.prepare_inputs` has checked."""
+    kind, t, mask = inputs
     x = logits.float() if logits.dtype != torch.float64 else logits
     if nonlin == "sigmoid":
         ce = F.binary_cross_entropy_with_logits(x, t.to(x.dtype), reduction="none")
@@ -66,7 +83,11 @@ class CrossEntropyTerm(nn.Module):
 
 
 class TopKCrossEntropyTerm(nn.Module):
-    """Mean of the ``k`` percent largest per-pixel CE values (nnU-Net's ``TopKLoss``, default k=10)."""
+    """Mean of the ``k`` percent largest per-pixel CE values (nnU-Net's ``TopKLoss``, default k=10).
+
+    Raises:
+        TypeError, ValueError: ``k`` is not a number in (0, 100].
+    """
 
     name = "TopKCE"
 
@@ -86,7 +107,11 @@ class TopKCrossEntropyTerm(nn.Module):
 
 
 class FocalCrossEntropyTerm(nn.Module):
-    """Focal loss of Lin et al. (2017), ``-(1 - p_t)**gamma * log(p_t)`` (paper eq. 3; default gamma 2)."""
+    """Focal loss of Lin et al. (2017), ``-(1 - p_t)**gamma * log(p_t)`` (paper eq. 3; default gamma 2).
+
+    Raises:
+        TypeError, ValueError: ``gamma`` is not a number >= 0.
+    """
 
     name = "FocalCE"
 

@@ -15,9 +15,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import GammaArg, check_number
+from ._checks import GammaArg, check_flag, check_number
 from .ce import CrossEntropyTerm, FocalCrossEntropyTerm, TopKCrossEntropyTerm
-from .pm_dice import DiceFamilyLoss, PMDiceLoss
+from .dice_family import DiceFamilyLoss
+from .pm_dice import PMDiceLoss
 
 
 class CompoundLoss(nn.Module):
@@ -31,6 +32,11 @@ class CompoundLoss(nn.Module):
         ignore_label: nnU-Net's ignore label (an int for label datasets; any non-None value switches
             on the extra mask channel for region datasets), or None.
         regions: region (multi-label, sigmoid) training.
+
+    Raises:
+        TypeError, ValueError: no part at all, a ``dice`` that is not a Dice-family loss, a negative
+            weight, a Dice part whose ``nonlin`` does not fit ``regions``; in a call, an ignore label
+            with a target that is not a label map, and the input errors of the parts.
     """
 
     def __init__(self, dice: Optional[DiceFamilyLoss], ce_term: Optional[nn.Module], weight_dice: float = 1.0,
@@ -45,7 +51,7 @@ class CompoundLoss(nn.Module):
         self.weight_dice = check_number("weight_dice", weight_dice) if dice is not None else 0.0
         self.weight_ce = check_number("weight_ce", weight_ce) if ce_term is not None else 0.0
         self.ignore_label = ignore_label
-        self.regions = bool(regions)
+        self.regions = check_flag("regions", regions)
         if dice is not None and (dice.nonlin == "sigmoid") != self.regions:
             raise ValueError(f"the Dice part uses nonlin={dice.nonlin!r} but regions={self.regions}: region "
                              f"training needs nonlin='sigmoid', label training nonlin='softmax'")
@@ -84,12 +90,16 @@ class CompoundLoss(nn.Module):
 
 
 class _PMCompound(CompoundLoss):
-    def __init__(self, ce_term, gamma: GammaArg = 1.0, gamma_bg: Optional[float] = None, batch_dice: bool = False,
-                 do_bg: bool = True, smooth: float = 1e-6, squared: bool = True, ddp: bool = False,
+    """PM Dice + ``ce_term``. ``gamma``, ``gamma_bg`` as :class:`PMDiceLoss`; the other Dice options
+    (``batch_dice``, ``do_bg``, ``smooth``, ``squared``, ``ddp``) by keyword, ``nonlin`` follows ``regions``."""
+
+    def __init__(self, ce_term, gamma: GammaArg = 1.0, gamma_bg: Optional[float] = None, *,
                  weight_ce: float = 1.0, weight_dice: float = 1.0, ignore_label: Optional[int] = None,
-                 regions: bool = False):
-        dice = PMDiceLoss(gamma=gamma, gamma_bg=gamma_bg, batch_dice=batch_dice, do_bg=do_bg, smooth=smooth,
-                          squared=squared, nonlin="sigmoid" if regions else "softmax", ddp=ddp)
+                 regions: bool = False, **options):
+        if "nonlin" in options:
+            raise TypeError(f"{type(self).__name__} sets nonlin from regions (regions=True: sigmoid); "
+                            f"do not pass nonlin")
+        dice = PMDiceLoss(gamma, gamma_bg, nonlin="sigmoid" if regions else "softmax", **options)
         super().__init__(dice, ce_term, weight_dice=weight_dice, weight_ce=weight_ce, ignore_label=ignore_label,
                          regions=regions)
 
@@ -100,6 +110,7 @@ class CEPMDiceLoss(_PMCompound):
     Example:
         >>> import torch
         >>> from nnunet_pmdice.losses import CEPMDiceLoss
+        >>> _ = torch.manual_seed(0)
         >>> loss = CEPMDiceLoss(gamma=1.0, ignore_label=3)
         >>> float(loss(torch.randn(2, 3, 16, 16), torch.randint(0, 4, (2, 1, 16, 16)))) > 0
         True

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_logits, check_number, prepare_mask, prepare_target
-from .ce import cross_entropy_map
+from ._checks import check_number, prepare_inputs
+from .ce import ce_map_of_checked
 
 
 @lru_cache(maxsize=16)
@@ -92,7 +92,11 @@ def region_weights(labels: torch.Tensor, valid: Optional[torch.Tensor], dilation
 
 def dilated_balanced_ce(ce_map: torch.Tensor, target: torch.Tensor, loss_mask: Optional[torch.Tensor],
                         dilation: int, num_classes: Optional[int] = None) -> torch.Tensor:
-    """DBCE from a per-pixel CE map (B, 1, *spatial) and the label map / one-hot target that defines the regions."""
+    """DBCE from a per-pixel CE map (B, 1, *spatial) and the label map / one-hot target that defines the regions.
+
+    Raises:
+        ValueError: a CE map of region (sigmoid) training, or a target whose shape does not match the map.
+    """
     if ce_map.shape[1] != 1:
         raise ValueError(f"Dilated Balanced CE is defined for softmax (label) training with a CE map of shape "
                          f"(B, 1, *spatial); got {tuple(ce_map.shape)} (region / sigmoid training is not supported)")
@@ -119,6 +123,10 @@ class DilatedBalancedCETerm(nn.Module):
         dilation: ball radius in pixels / voxels, an int >= 0 (0: balanced CE).
         num_classes: number of classes C (label maps hold 0..C-1); None reads it from the target
             (one-hot: its channels; label map: its largest label + 1, which costs a device sync).
+
+    Raises:
+        TypeError, ValueError: ``dilation`` is not an int >= 0, ``num_classes`` not an int >= 2; in a
+            call, no ``target``, or a CE map / target as :func:`dilated_balanced_ce` refuses.
     """
 
     name = "DBCE"
@@ -153,10 +161,15 @@ class DilatedBalancedCELoss(nn.Module):
         (B, *spatial) or one-hot (B, C, *spatial); loss_mask optional (B, 1, *spatial), 1 where a pixel
         counts. Returns a scalar float32 (float64 for float64 input).
 
+    Raises:
+        TypeError, ValueError: ``dilation`` is not an int >= 0; in a call, the input errors of the
+            Dice-family losses (:class:`~nnunet_pmdice.losses.DiceFamilyLoss`).
+
     Example:
         >>> import torch
         >>> import torch.nn.functional as F
         >>> from nnunet_pmdice.losses import DilatedBalancedCELoss
+        >>> _ = torch.manual_seed(0)
         >>> logits, labels = torch.randn(1, 3, 8, 8), torch.randint(0, 3, (1, 8, 8))
         >>> balanced = F.cross_entropy(logits, labels, weight=1 / torch.bincount(labels.flatten()).float())
         >>> bool(torch.isclose(DilatedBalancedCELoss(dilation=0)(logits, labels), balanced))
@@ -172,7 +185,6 @@ class DilatedBalancedCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        check_logits(logits)
-        _, t = prepare_target(logits, target, "softmax")
-        mask = prepare_mask(logits, loss_mask)
-        return dilated_balanced_ce(cross_entropy_map(logits, t, mask), t, mask, self.dilation, logits.shape[1])
+        inputs = prepare_inputs(logits, target, loss_mask, "softmax")
+        return dilated_balanced_ce(ce_map_of_checked(logits, inputs, "softmax"), inputs.target, inputs.mask,
+                                   self.dilation, logits.shape[1])

@@ -8,7 +8,7 @@ from ._selected_dice import SelectedDiceLoss
 from .dice import DiceLoss
 
 
-class WangFocalDiceLoss(DiceLoss):
+class FocalDiceWangLoss(DiceLoss):
     r"""Focal Dice loss with a class-level focusing power (paper row "Focal Dice [40]").
 
     .. math::
@@ -29,21 +29,24 @@ class WangFocalDiceLoss(DiceLoss):
 
     Args:
         beta: focusing parameter, > 0 (default 2; values below 1 turn the focus to the easy classes).
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`.
+        *args, **options: the :class:`~nnunet_pmdice.losses.DiceOptions`, as :class:`DiceLoss`.
 
-    Shapes: as :class:`DiceLoss`.
+    Shapes, non-finite logits: as :class:`DiceLoss`. ``WangFocalDiceLoss`` is this class (its former name).
+
+    Raises:
+        TypeError, ValueError: ``beta`` not a number > 0, bad options; in a call, the input errors of
+            :class:`~nnunet_pmdice.losses.DiceFamilyLoss`.
 
     Example:
         >>> import torch
-        >>> from nnunet_pmdice.losses import WangFocalDiceLoss
+        >>> from nnunet_pmdice.losses import FocalDiceWangLoss
         >>> logits = torch.zeros(1, 2, 1, 2)  # p = 0.5: D = 2/3 for both classes
-        >>> round(WangFocalDiceLoss(beta=2.0)(logits, torch.tensor([[[[0, 1]]]])).item(), 4)  # 1 - sqrt(2/3)
+        >>> round(FocalDiceWangLoss(beta=2.0)(logits, torch.tensor([[[[0, 1]]]])).item(), 4)  # 1 - sqrt(2/3)
         0.1835
     """
 
-    def __init__(self, beta: float = 2.0, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-6,
-                 squared: bool = True, nonlin: str = "softmax", ddp: bool = False):
-        super().__init__(batch_dice=batch_dice, do_bg=do_bg, smooth=smooth, squared=squared, nonlin=nonlin, ddp=ddp)
+    def __init__(self, beta: float = 2.0, *args, **options):
+        super().__init__(*args, **options)
         self.beta = check_number("beta", beta, strict=True)
 
     def extra_repr(self) -> str:
@@ -53,7 +56,7 @@ class WangFocalDiceLoss(DiceLoss):
         return 1.0 - dice.pow(1.0 / self.beta)
 
 
-class ZhaoFocalDiceLoss(SelectedDiceLoss):
+class FocalDiceZhaoLoss(SelectedDiceLoss):
     r"""Focal Dice loss of Zhao et al.: only the hardest K% of each class's negatives count (paper row "Focal Dice [41]").
 
     .. math::
@@ -76,18 +79,29 @@ class ZhaoFocalDiceLoss(SelectedDiceLoss):
         k: percentage of each class's negatives kept, 0 < k <= 100. The default, 10 (nnU-Net's
             ``TopKLoss`` default), is ours: the ICDM text with the published value was not reachable.
             Trainer token ``kd<x>``.
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`; negatives are ranked per sample.
+        *args, **options: the :class:`~nnunet_pmdice.losses.DiceOptions`, as :class:`DiceLoss`;
+            negatives are ranked per sample.
 
-    Shapes: logits (B, C, *spatial), target label map or one-hot, loss_mask (B, 1, *spatial); a scalar.
+    Shapes, non-finite logits: as :class:`DiceLoss`. ``ZhaoFocalDiceLoss`` is this class (its former name).
+
+    Raises:
+        TypeError, ValueError: ``k`` not a number in (0, 100], bad options; in a call, the input errors
+            of :class:`~nnunet_pmdice.losses.DiceFamilyLoss`.
 
     Example:
         >>> import torch
-        >>> from nnunet_pmdice.losses import ZhaoFocalDiceLoss
+        >>> from nnunet_pmdice.losses import FocalDiceZhaoLoss
+        >>> _ = torch.manual_seed(0)
         >>> logits = torch.randn(2, 3, 16, 16, requires_grad=True)
-        >>> value = ZhaoFocalDiceLoss(k=20)(logits, torch.randint(0, 3, (2, 1, 16, 16)))
+        >>> value = FocalDiceZhaoLoss(k=20)(logits, torch.randint(0, 3, (2, 1, 16, 16)))
         >>> value.backward()
         >>> bool(torch.isfinite(logits.grad).all())
         True
     """
 
     ranked_side = "negatives"
+
+
+#: former names, kept: the word order of the trainers (``nnUNetTrainerFocalDiceWang``) is the package's
+WangFocalDiceLoss = FocalDiceWangLoss
+ZhaoFocalDiceLoss = FocalDiceZhaoLoss

@@ -34,10 +34,15 @@ class LogDiceLoss(DiceLoss):
 
     Args:
         gamma: the exponent :math:`\gamma_{Dice}` (> 0; default 0.3). ``gamma = 1`` is the mean of
-            :math:`-\ln D`.
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`.
+            :math:`-\ln D`. Also readable as ``log_gamma`` (the trainer option's name). It is not PM
+            Dice's modulation exponent: the sums are unmodulated (:meth:`gammas_for` gives 0).
+        *args, **options: the :class:`~nnunet_pmdice.losses.DiceOptions`, as :class:`DiceLoss`.
 
-    Shapes: as :class:`DiceLoss`.
+    Shapes, non-finite logits: as :class:`DiceLoss`.
+
+    Raises:
+        TypeError, ValueError: ``gamma`` not a number > 0, bad options; in a call, the input errors of
+            :class:`~nnunet_pmdice.losses.DiceFamilyLoss`.
 
     Example:
         >>> import math, torch
@@ -48,13 +53,17 @@ class LogDiceLoss(DiceLoss):
         True
     """
 
-    def __init__(self, gamma: float = 0.3, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-6,
-                 squared: bool = True, nonlin: str = "softmax", ddp: bool = False):
-        super().__init__(batch_dice=batch_dice, do_bg=do_bg, smooth=smooth, squared=squared, nonlin=nonlin, ddp=ddp)
-        self.log_gamma = check_number("gamma", gamma, strict=True)
+    def __init__(self, gamma: float = 0.3, *args, **options):
+        super().__init__(*args, **options)
+        self.gamma = check_number("gamma", gamma, strict=True)
+
+    @property
+    def log_gamma(self) -> float:
+        """``gamma``, under the name of the trainer option ``lg<x>``."""
+        return self.gamma
 
     def extra_repr(self) -> str:
-        return f"gamma={self.log_gamma:g}, " + super().extra_repr()
+        return f"gamma={self.gamma:g}, " + super().extra_repr()
 
     def pair_loss(self, dice: torch.Tensor) -> torch.Tensor:
-        return (-torch.log(dice)).clamp_min(_MIN_NEG_LOG_DICE).pow(self.log_gamma)
+        return (-torch.log(dice)).clamp_min(_MIN_NEG_LOG_DICE).pow(self.gamma)

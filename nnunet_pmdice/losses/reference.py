@@ -10,10 +10,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .dice_family import DiceOptions
+
 
 def reference_pm_dice(logits: torch.Tensor, target: torch.Tensor, gamma: Union[float, Sequence[float]] = 1.0,
                       gamma_bg: Optional[float] = None, batch_dice: bool = False, do_bg: bool = True,
-                      smooth: float = 1e-6, squared: bool = True, nonlin: str = "softmax",
+                      smooth: float = DiceOptions.smooth, squared: bool = True, nonlin: str = "softmax",
                       loss_mask: Optional[torch.Tensor] = None, detach_modulation: bool = True,
                       modulation_from: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Eq. 5 of the paper, literally.

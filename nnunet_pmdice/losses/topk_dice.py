@@ -29,13 +29,19 @@ class TopKDiceLoss(SelectedDiceLoss):
 
     Args:
         k: percentage of each class's pixels kept, 0 < k <= 100 (default 10).
-        batch_dice, do_bg, smooth, squared, nonlin, ddp: as :class:`DiceLoss`; the ranking is per sample.
+        *args, **options: the :class:`~nnunet_pmdice.losses.DiceOptions`, as :class:`DiceLoss`; the
+            ranking is per sample.
 
-    Shapes: as :class:`DiceLoss`.
+    Shapes, non-finite logits: as :class:`DiceLoss`.
+
+    Raises:
+        TypeError, ValueError: ``k`` not a number in (0, 100], bad options; in a call, the input errors
+            of :class:`~nnunet_pmdice.losses.DiceFamilyLoss`.
 
     Example:
         >>> import torch
         >>> from nnunet_pmdice.losses import DiceLoss, TopKDiceLoss
+        >>> _ = torch.manual_seed(0)
         >>> logits, target = torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 1, 16, 16))
         >>> bool(torch.isclose(TopKDiceLoss(k=100)(logits, target), DiceLoss()(logits, target), atol=1e-6))
         True

@@ -86,7 +86,7 @@ def pm_dice_for(ctx: LossContext, opts) -> PMDiceLoss:
     # Resolve now so that a per-class gamma of the wrong length fails when training starts, naming
     # the number of output channels of this dataset, rather than on the first batch.
     resolve_gammas(gamma, gamma_bg, ctx.num_heads, ctx.nonlin)
-    return PMDiceLoss(gamma=gamma, gamma_bg=gamma_bg, batch_dice=ctx.batch_dice, do_bg=True, smooth=1e-6,
+    return PMDiceLoss(gamma=gamma, gamma_bg=gamma_bg, batch_dice=ctx.batch_dice, do_bg=True,
                       squared=True, nonlin=ctx.nonlin, ddp=ctx.ddp)
 
 
@@ -134,7 +134,7 @@ def build_trainer_loss(trainer) -> nn.Module:
              f"  dataset: batch_dice={ctx.batch_dice}, regions={ctx.regions}, ignore_label={ctx.ignore_label}, "
              f"ddp={ctx.ddp}, output channels={ctx.num_heads}"]
     # exactly PM Dice: the Dice-family baselines subclass it with gamma 0, where a gamma line would mislead
-    pm = next((m for m in core.modules() if type(m) is PMDiceLoss), None)
+    pm = next((m for m in core.modules() if getattr(m, "modulated", False)), None)
     if pm is not None:
         lines.append(f"  PM Dice gamma per output channel: {list(pm.gammas_for(ctx.num_heads))}")
     lines.append(f"  torch.compile: {compiled}; deep supervision weights: "
