@@ -19,7 +19,7 @@ import io
 import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .._atomic import write_text
+from ..fileio import write_text
 from .metrics import METRICS
 from .objects import OBJECT_COUNTS, OBJECT_METRICS, SIZE_BINS
 

@@ -16,7 +16,6 @@ scored on the reference's grid, with a warning, and listed in ``summary.json``
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import sys
 import warnings
@@ -26,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from .._atomic import write_json, write_text
+from ..fileio import read_json, write_json, write_text
 import numpy as np
 
 from .aggregate import CASE_COLUMNS, combine_runs, markdown_table, object_table_columns, summarize, write_csv
@@ -204,7 +203,7 @@ def evaluate_folders(gt_folder, pred_folder, dataset_json=None, tau: float = DEF
     if not (tau >= 0 and tau != float("inf")):
         raise ValueError(f"tau must be a finite number >= 0, got {tau}")
     dj_path = find_dataset_json(pred_folder, gt_folder, dataset_json)
-    dj = json.loads(dj_path.read_text())
+    dj = read_json(dj_path, "dataset.json")
     ending = dj.get("file_ending")
     if not ending:
         raise ValueError(f"{dj_path} has no 'file_ending'")
