@@ -177,7 +177,9 @@ def convert_acdc(source: PathLike, dataset_id: int, raw_root: Optional[PathLike]
         ValueError: a bad argument, no raw folder, or the dataset id used by another dataset name.
 
     Example:
-        >>> convert_acdc("~/data/ACDC/database", 502)  # doctest: +SKIP
+        (on your downloaded data, not run as a test)::
+
+            convert_acdc("~/data/ACDC/database", 502)
     """
     num_processes = resolve_num_processes(num_processes)
     database = find_acdc_database(Path(source).expanduser())

@@ -243,7 +243,9 @@ def convert_kvasir(source: PathLike, dataset_id: int, raw_root: Optional[PathLik
         ConversionError: also when every mask comes out empty.
 
     Example:
-        >>> convert_kvasir("~/data/Kvasir-SEG", 501, size=320)  # doctest: +SKIP
+        (on your downloaded data, not run as a test)::
+
+            convert_kvasir("~/data/Kvasir-SEG", 501, size=320)
     """
     size = _parse_size(size)
     num_processes = resolve_num_processes(num_processes)

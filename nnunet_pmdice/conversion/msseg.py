@@ -228,7 +228,9 @@ def convert_msseg(source: PathLike, dataset_id: int, raw_root: Optional[PathLike
         ValueError: a bad argument, no raw folder, or the dataset id used by another dataset name.
 
     Example:
-        >>> convert_msseg("~/data/MSSEG2016/Training", 503)  # doctest: +SKIP
+        (on your downloaded data, not run as a test)::
+
+            convert_msseg("~/data/MSSEG2016/Training", 503)
     """
     num_processes = resolve_num_processes(num_processes)
     layout, cases = find_msseg_cases(Path(source).expanduser(), layout)
