@@ -3,12 +3,18 @@
 :func:`write_report` reads every finished job's evaluation (``runs/run_k/T/evaluation/summary.json`` and
 ``per_case.csv``) and writes into the benchmark folder:
 
-- ``table.md`` / ``table.csv``: the paper's columns (mean ± std over runs, best per column bold);
+- ``table.md``: the paper's columns (mean ± std over runs, best per column bold), then the paired
+  comparison of every trainer with the baseline on the same test cases
+  (:func:`nnunet_pmdice.evaluation.stats.paired_comparison`: mean per-case difference with a bootstrap
+  confidence interval, Wilcoxon signed-rank test, Holm-corrected, significance marks; the test is
+  named in the block's footnote), then the object-level table (object recall, precision, F1, recall
+  by object size); ``table.csv`` holds the paper's columns as numbers;
 - ``per_case.csv``: every job's per-case rows, with ``trainer`` and ``run`` columns;
-- ``summary.json``: the combined results of every trainer and the unfinished jobs;
+- ``summary.json``: the combined results of every trainer, the comparison and the unfinished jobs;
 - ``plots/``: ``metrics.png`` (bars), ``per_case.png`` (per-case distributions), ``overlays.png``
-  (test cases from worst to best baseline Dice, as the paper's Figure 5) and, when the trainers differ
-  only in PM Dice's gamma, ``gamma_sweep.png`` (the paper's Figures 3 and 4; see :func:`gamma_sweep`).
+  (test cases from worst to best baseline Dice, as the paper's Figure 5), ``forest.png`` (the
+  differences to the baseline with their intervals) and, when the trainers differ only in PM Dice's
+  gamma, ``gamma_sweep.png`` (the paper's Figures 3 and 4; see :func:`gamma_sweep`).
 """
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .._atomic import write_json, write_text
+from .._atomic import building_folder, write_json, write_text
 from ..evaluation.aggregate import CASE_COLUMNS, METRIC_TITLES, combine_runs, markdown_table, read_case_csv, \
     table_rows, write_csv
+from ..evaluation.stats import TITLES, difference_table
 
 #: default number of bootstrap resamples of the comparison with the baseline
 DEFAULT_BOOTSTRAP = 10000
@@ -107,17 +114,24 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
     dataset_json = json.loads((raw / "dataset.json").read_text())
     unit = nsd_unit(got.summaries, dataset_json["file_ending"])
     table = markdown_table(got.combined, baseline)
+    comparison = compare_with_baseline(got, baseline, settings.bootstrap, settings.seed)
     paths = {"table": out / "table.md", "table_csv": out / "table.csv", "per_case": out / "per_case.csv",
              "summary": out / "summary.json"}
-    write_text(paths["table"], f"{table}\nDataset {dataset_name}, configuration {settings.configuration}, "
-                               f"fold {settings.fold}; test cases: {raw / 'imagesTs'}; NSD tau = "
-                               f"{settings.tau:g} {unit}; values in %, mean ± std over runs; bold: best.\n")
+    text = (f"{table}\nDataset {dataset_name}, configuration {settings.configuration}, fold {settings.fold}; "
+            f"test cases: {raw / 'imagesTs'}; NSD tau = {settings.tau:g} {unit}; values in %, mean ± std over "
+            f"runs; bold: best.\n")
+    if comparison is not None:
+        text += f"\n## Difference from the baseline, paired by test case\n\n{difference_table(comparison)}"
+    write_text(paths["table"], text)
     write_csv(paths["table_csv"], table_rows(got.combined, baseline))
     write_csv(paths["per_case"], got.case_rows, ("trainer", "run") + CASE_COLUMNS)
     report["nsd_unit"] = unit
+    report["comparison"] = comparison
     write_json(paths["summary"], report)
-    paths.update(write_plots(out / "plots", settings, dataset_name, raw, got, finished))
+    paths.update(write_plots(out / "plots", settings, dataset_name, raw, got, finished, comparison))
     say("\n" + table)
+    if comparison is not None:
+        say(_marked_differences(comparison))
     if got.unfinished:
         say(f"unfinished jobs (not in the table): {', '.join(got.unfinished)}")
     for k, p in paths.items():
@@ -128,9 +142,38 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
 
 # ---------------------------------------------------------------------------------------------- plots
 
+def compare_with_baseline(got: FinishedRuns, baseline: Optional[str], n_resamples: int, seed: int) -> Optional[Dict]:
+    """:func:`~nnunet_pmdice.evaluation.stats.paired_comparison` of every finished trainer with the baseline,
+    over the per-case rows of all their runs; None without a finished baseline and another finished trainer."""
+    from ..evaluation.stats import paired_comparison
+
+    if baseline is None or len(got.combined) < 2:
+        return None
+    return paired_comparison(got.case_rows, baseline, n_resamples=n_resamples, seed=seed)
+
+
+def _marked_differences(comparison: Mapping) -> str:
+    """One line per contender: the significant differences to the baseline (for the console)."""
+    lines = []
+    for name, result in comparison["contenders"].items():
+        marked = [f"{TITLES.get(m, m)} {e['mark']} {100 * e['mean_diff']:+.2f}"
+                  for m, e in result["metrics"].items() if e["significant"]]
+        lines.append(f"{name} vs {comparison['baseline']}: "
+                     f"{', '.join(marked) if marked else 'no significant difference'}")
+    return "\n".join(lines)
+
+
 def write_plots(folder: Path, settings, dataset_name: str, raw: Path, got: FinishedRuns,
-                finished: Mapping[Tuple[str, int], Path]) -> Dict[str, Path]:
-    """The report's figures in ``folder``; returns ``{name: path}`` of those written."""
+                finished: Mapping[Tuple[str, int], Path], comparison: Optional[Mapping] = None) -> Dict[str, Path]:
+    """The report's figures in ``folder``, which they replace as a whole (no figure of an earlier report
+    stays); returns ``{name: path}`` of those written."""
+    with building_folder(folder) as tmp:
+        paths = _plots(tmp, settings, dataset_name, raw, got, finished, comparison)
+    return {k: folder / p.relative_to(tmp) for k, p in paths.items()}
+
+
+def _plots(folder: Path, settings, dataset_name: str, raw: Path, got: FinishedRuns,
+           finished: Mapping[Tuple[str, int], Path], comparison: Optional[Mapping]) -> Dict[str, Path]:
     from ..evaluation import plots
 
     order = list(got.combined)
@@ -143,6 +186,9 @@ def write_plots(folder: Path, settings, dataset_name: str, raw: Path, got: Finis
     if overlay:
         cases, scores = overlay
         paths["plot_overlays"] = plots.plot_overlays(cases, folder / "overlays.png", scores)
+    if comparison is not None:
+        paths["plot_forest"] = plots.plot_forest(comparison, folder / "forest.png",
+                                                 title=f"{dataset_name}: difference to {comparison['baseline']}")
     sweep = gamma_sweep(order, settings.baseline)
     if sweep is not None and all(t in got.combined for _, t in sweep.points):
         paths["plot_gamma_sweep"] = plot_gamma_sweep(sweep, got.combined, folder / "gamma_sweep.png",

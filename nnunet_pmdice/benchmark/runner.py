@@ -54,6 +54,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .._atomic import building_folder, write_json
 from ..evaluation.metrics import DEFAULT_TAU
+from ..trainers.naming import is_baseline_name, trainer_budget, with_budget
 from .commands import CommandRunner, StepFailed, nnunet_default_epochs, nnunet_tool
 from .report import DEFAULT_BOOTSTRAP, write_report
 
@@ -63,65 +64,8 @@ __all__ = ["Benchmark", "BenchmarkSettings", "Job", "StepFailed", "check_trainer
 
 
 # ------------------------------------------------------------------------------------------ trainer names
-
-def trainer_budget(name: str) -> Tuple[Optional[int], Optional[int]]:
-    """``(epochs, iterations per epoch)`` set by a trainer name's budget tokens; None where the name sets none.
-
-    The tokens are read with the trainer-name grammar (:func:`nnunet_pmdice.trainers.naming.parse_token`).
-
-    >>> trainer_budget("nnUNetTrainerPMDice_g2_50epochs_100iters")
-    (50, 100)
-    >>> trainer_budget("nnUNetTrainer_1epoch")
-    (1, None)
-    """
-    from ..trainers.naming import TrainerNameError, parse_token
-
-    budget: Dict[str, int] = {}
-    for token in name.split("_")[1:]:
-        if token.endswith("epoch"):
-            token += "s"  # nnU-Net's own nnUNetTrainer_1epoch
-        try:
-            option, value = parse_token(token)
-        except TrainerNameError:
-            continue
-        if option in ("epochs", "iters"):
-            budget[option] = value
-    return budget.get("epochs"), budget.get("iters")
-
-
-def with_budget(name: str, epochs: Optional[int] = None, iters: Optional[int] = None) -> str:
-    """``name`` with ``_<epochs>epochs`` / ``_<iters>iters`` appended (the budget tokens of the name grammar).
-
-    >>> with_budget("nnUNetTrainerPMDice_g2", epochs=50)
-    'nnUNetTrainerPMDice_g2_50epochs'
-
-    Raises:
-        ValueError: a budget below 1, or a budget the name sets already.
-    """
-    have_epochs, have_iters = trainer_budget(name)
-    for value, have, what in ((epochs, have_epochs, "epochs"), (iters, have_iters, "iters")):
-        if value is not None:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{what} must be an integer >= 1, got {value!r}")
-            if have is not None:
-                raise ValueError(f"trainer {name!r} already sets its {what}; give the budget either in the "
-                                 f"names or with --{what}, not both")
-    return name + (f"_{epochs}epochs" if epochs else "") + (f"_{iters}iters" if iters else "")
-
-
-def is_baseline_name(name: str) -> bool:
-    """True for nnU-Net's default trainer, with or without budget tokens (``nnUNetTrainer_50epochs``).
-
-    >>> is_baseline_name("nnUNetTrainer_50epochs"), is_baseline_name("nnUNetTrainerPMDice")
-    (True, False)
-    """
-    if name == "nnUNetTrainer":
-        return True
-    if not name.startswith("nnUNetTrainer_"):
-        return False
-    epochs, iters = trainer_budget(name)
-    return len(name.split("_")) - 1 == (epochs is not None) + (iters is not None)
-
+# The budget tokens (``_<n>epochs``, ``_<n>iters``) are the trainer-name grammar's: trainer_budget,
+# with_budget and is_baseline_name come from nnunet_pmdice.trainers.naming.
 
 def check_trainer_names(names: Sequence[str]) -> None:
     """Fails fast, before any training, on a trainer name nnU-Net will not find.
@@ -291,8 +235,8 @@ class BenchmarkSettings:
             raise ValueError(f"--only-runs {bad} outside 1..{self.runs} (--runs {self.runs})")
         if not (self.tau >= 0 and self.tau != float("inf")):
             raise ValueError(f"--tau must be a finite number >= 0, got {self.tau}")
-        if not isinstance(self.bootstrap, int) or self.bootstrap < 1:
-            raise ValueError(f"--bootstrap must be an integer >= 1, got {self.bootstrap!r}")
+        if not isinstance(self.bootstrap, int) or self.bootstrap < 100:
+            raise ValueError(f"--bootstrap must be an integer >= 100, got {self.bootstrap!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"--seed must be an integer, got {self.seed!r}")
         if not self.trainers:
