@@ -304,6 +304,11 @@ def test_report_compares_each_trainer_with_the_baseline_on_the_same_cases(finish
     assert "Difference from the baseline" in table and "Wilcoxon signed-rank" in table
     assert f"**{G}_g1** vs **nnUNetTrainer** (baseline): 6 paired test cases; runs: 2 vs 2" in table
     assert "--bootstrap" not in res.stderr and f"{G}_g1 vs nnUNetTrainer:" in res.stdout
+    # the object-level table, and the object metrics compared like the paper's
+    objects = table[table.index("## Object-level detection"):]
+    assert "| obj. recall | obj. prec. | obj. F1 |" in objects and f"| {G}_g1 | 2 | **100.00 ± 0.00** |" in objects
+    assert {"dice", "nsd", "obj_recall", "obj_f1"} <= set(comparison["metrics"])
+    assert summary["nsd_unit"] == "pixels" and "NSD tau = 1 pixels" in table
     for png in ("metrics.png", "per_case.png", "overlays.png", "forest.png", "gamma_sweep.png"):
         data = (out / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._atomic import building_folder, write_json, write_text
-from ..evaluation.aggregate import CASE_COLUMNS, METRIC_TITLES, combine_runs, markdown_table, read_case_csv, \
-    table_rows, write_csv
+from ..evaluation.aggregate import CASE_COLUMNS, METRIC_TITLES, combine_runs, markdown_table, object_table_columns, \
+    read_case_csv, table_rows, write_csv
+from ..evaluation.evaluate import OBJECT_TABLE_NOTE
+from ..evaluation.objects import OBJECT_METRICS
 from ..evaluation.stats import TITLES, difference_table
 
 #: default number of bootstrap resamples of the comparison with the baseline
@@ -122,6 +124,9 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
             f"runs; bold: best.\n")
     if comparison is not None:
         text += f"\n## Difference from the baseline, paired by test case\n\n{difference_table(comparison)}"
+    if has_object_metrics(got.combined):
+        text += (f"\n## Object-level detection\n\n{markdown_table(got.combined, baseline, columns=object_table_columns)}"
+                 f"\n{OBJECT_TABLE_NOTE.rstrip(':')}; mean ± std over runs; bold: best.\n")
     write_text(paths["table"], text)
     write_csv(paths["table_csv"], table_rows(got.combined, baseline))
     write_csv(paths["per_case"], got.case_rows, ("trainer", "run") + CASE_COLUMNS)
@@ -141,6 +146,13 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
 
 
 # ---------------------------------------------------------------------------------------------- plots
+
+def has_object_metrics(combined: Mapping[str, Mapping]) -> bool:
+    """True when some trainer's evaluation has object-level metrics (evaluations written before they
+    existed have none)."""
+    return any(not math.isnan(_nan(c["mean"].get(m, {}).get("mean"))) for c in combined.values()
+               for m in OBJECT_METRICS)
+
 
 def compare_with_baseline(got: FinishedRuns, baseline: Optional[str], n_resamples: int, seed: int) -> Optional[Dict]:
     """:func:`~nnunet_pmdice.evaluation.stats.paired_comparison` of every finished trainer with the baseline,
@@ -315,7 +327,7 @@ def plot_gamma_sweep(sweep: GammaSweep, combined: Mapping[str, Mapping], path, b
 
     first = combined[sweep.points[0][1]]["mean"]
     metrics = [m for m in SWEEP_METRICS if m in first]
-    titles = {**METRIC_TITLES, "obj_recall": "object recall"}
+    titles = {**METRIC_TITLES, "obj_recall": TITLES["obj_recall"]}
     xs = [g for g, _ in sweep.points]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, m in enumerate(metrics):
