@@ -125,8 +125,9 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
     if comparison is not None:
         text += f"\n## Difference from the baseline, paired by test case\n\n{difference_table(comparison)}"
     if has_object_metrics(got.combined):
-        text += (f"\n## Object-level detection\n\n{markdown_table(got.combined, baseline, columns=object_table_columns)}"
-                 f"\n{OBJECT_TABLE_NOTE.rstrip(':')}; mean ± std over runs; bold: best.\n")
+        objects = markdown_table(got.combined, baseline, columns=object_table_columns)
+        text += (f"\n## Object-level detection\n\n{objects}\n{OBJECT_TABLE_NOTE.rstrip(':')}; mean ± std over runs; "
+                 f"bold: best.\n")
     write_text(paths["table"], text)
     write_csv(paths["table_csv"], table_rows(got.combined, baseline))
     write_csv(paths["per_case"], got.case_rows, ("trainer", "run") + CASE_COLUMNS)

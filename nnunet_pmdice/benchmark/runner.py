@@ -1,4 +1,4 @@
-"""The training benchmark: nnU-Net's own CLIs train and predict, the paper's metrics compare (``nnunet-pmdice benchmark``).
+"""The training benchmark (``nnunet-pmdice benchmark``): nnU-Net's CLIs train and predict, the paper's metrics compare.
 
 A benchmark job is one trainer ``T`` in one independent run ``k``; following it from the command to the table
 takes three files:
