@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 #: longest trainer name accepted: nnU-Net's output folder ``<trainer>__<plans>__<configuration>`` must
 #: fit the 255-byte limit of common file systems (ext4, XFS, APFS, NTFS); 200 leaves 55 characters for
@@ -117,6 +117,24 @@ def check_name_form(name: str) -> None:
                                f"letters, digits, '_', '.' and '-' only")
 
 
+#: ``<trainer>.<loss>``: any trainer nnU-Net finds, with a loss of the plugin (see :mod:`.compose`). The
+#: first ``.`` followed by a letter separates them: a class name has no ``.``, and a ``.`` inside an option
+#: is a decimal point, followed by a digit
+_COMPOSED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z][A-Za-z0-9_.\-]*)", re.ASCII)
+
+
+def split_composed(name: str) -> Optional[Tuple[str, str]]:
+    """``(trainer, loss)`` of a ``<trainer>.<loss>`` name, else None.
+
+    >>> split_composed("nnUNetTrainer_probabilisticOversampling_033.CEPMDice_g0.5")
+    ('nnUNetTrainer_probabilisticOversampling_033', 'CEPMDice_g0.5')
+    >>> split_composed("nnUNetTrainerPMDice_g0.5") is None
+    True
+    """
+    m = _COMPOSED.fullmatch(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def _parse_value(option: str, text: str):
     if option == "gamma":
         values = tuple(float(v) for v in text.split("-"))
@@ -165,8 +183,12 @@ def check_value(option: str, value) -> None:
             raise TrainerNameError(f"{option} = {v:g} is out of range: {_range_text(option)}")
 
 
-def parse_options(name: str, base: str, allowed: Iterable[str]) -> Dict[str, object]:
+def parse_options(name: str, base: str, allowed: Iterable[str],
+                  option_help: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
     """Parses the options of ``name`` (``base`` + ``_token``...) and checks them against ``allowed``.
+
+    ``option_help`` gives an option the meaning it has for this trainer's loss (``kd<x>``: TopK Dice or
+    Zhao's Focal Dice), shown when a name is refused; other options are described by :data:`OPTION_HELP`.
 
     >>> parse_options("nnUNetTrainerPMDice_g2_bg1_5epochs", "nnUNetTrainerPMDice", ("gamma", "gamma_bg", "epochs"))
     {'gamma': 2.0, 'gamma_bg': 1.0, 'epochs': 5}
@@ -178,8 +200,9 @@ def parse_options(name: str, base: str, allowed: Iterable[str]) -> Dict[str, obj
     """
     check_name_form(name)
     allowed = tuple(allowed)
+    described = {**OPTION_HELP, **(option_help or {})}
     rest = name[len(base):]
-    help_text = "; ".join(OPTION_HELP[o] for o in allowed)
+    help_text = "; ".join(described[o] for o in allowed)
     if not rest.startswith("_") or rest == "_":
         raise TrainerNameError(f"trainer name {name!r}: expected {base}_<option>[_<option>...]; "
                                f"{base} accepts: {help_text}")
@@ -191,7 +214,7 @@ def parse_options(name: str, base: str, allowed: Iterable[str]) -> Dict[str, obj
             raise TrainerNameError(f"trainer name {name!r}: cannot read option {token!r}. "
                                    f"{base} accepts: {help_text}") from None
         if option not in allowed:
-            raise TrainerNameError(f"trainer name {name!r}: option {token!r} ({OPTION_HELP[option]}) does not "
+            raise TrainerNameError(f"trainer name {name!r}: option {token!r} ({described[option]}) does not "
                                    f"apply to {base}, which accepts: {help_text}")
         if option in options:
             raise TrainerNameError(f"trainer name {name!r}: option {option!r} is given twice")
@@ -231,9 +254,16 @@ def trainer_budget(name: str) -> Tuple[Optional[int], Optional[int]]:
     (5, None)
     >>> trainer_budget("nnUNetTrainerPMDice")
     (None, None)
+    >>> trainer_budget("nnUNetTrainer_1epoch.PMDice_g2_10iters")
+    (1, 10)
     """
     if name in NNUNET_BUDGET_NAMES:
         return NNUNET_BUDGET_NAMES[name]
+    composed = split_composed(name)
+    if composed:  # the loss part's budget tokens override the base trainer's budget
+        base_epochs, base_iters = trainer_budget(composed[0])
+        epochs, iters = trainer_budget("_" + composed[1])
+        return (base_epochs if epochs is None else epochs), (base_iters if iters is None else iters)
     budget = {"epochs": None, "iters": None}
     for token in name.split("_")[1:]:
         read = _budget_token(token)
