@@ -56,7 +56,8 @@ def test_trainer_names_checked_before_any_training():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(runs=0), "--runs"), (dict(fold="x"), "--fold"), (dict(device="tpu"), "--device"),
     (dict(jobs=0), "--jobs"), (dict(gpus=["0"], device="cpu"), "--gpus"), (dict(only_runs=[3]), "--only-runs"),
-    (dict(tau=-1.0), "--tau"), (dict(baseline="nope"), "baseline")])
+    (dict(tau=-1.0), "--tau"), (dict(baseline="nope"), "baseline"), (dict(bootstrap=50), "--bootstrap"),
+    (dict(seed=1.5), "--seed")])
 def test_bad_settings_raise(kwargs, message):
     args = dict(dataset="500", configuration="2d", trainers=["nnUNetTrainer"], out="x")
     args.update(kwargs)
@@ -326,3 +327,30 @@ def test_report_without_a_gamma_sweep_draws_no_gamma_plot(finished_benchmark, tm
     assert (out / "plots" / "forest.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["comparison"]["contenders"]) == set(SWEEP[1:3])
+
+
+def test_report_refuses_a_finished_job_without_its_evaluation(finished_benchmark, tmp_path):
+    finished, _ = finished_benchmark
+    out = tmp_path / "bench"
+    shutil.copytree(finished, out)
+    (out / "runs" / "run_2" / f"{G}_g2" / "evaluation" / "per_case.csv").unlink()
+    res = cli(["benchmark", "-d", "322", "-c", "2d", "-tr", *SWEEP, "--runs", "2", "--device", "cpu", "-o", str(out),
+               "--report-only", "--bootstrap", "500"], nnunet_env(finished.parent), check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"run_2/{G}_g2 is marked finished (done.json) but has no evaluation/per_case.csv" in res.stderr
+
+
+def test_case_images_are_read_with_nnunets_reader(finished_benchmark):
+    from nnunet_pmdice.evaluation.images import CaseImageReader
+    finished, _ = finished_benchmark
+    raw = finished.parent / "raw" / "Dataset322_SynthPolyp2D"
+    reader = CaseImageReader(raw)
+    case = sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))[0]
+    pred_folder = finished / "runs" / "run_1" / f"{G}_g1" / "predictions"
+    image, ref, preds = reader.case(case, {"g1": pred_folder})
+    assert image.shape[0] == 3 and ref.shape == preds["g1"].shape == (1, 1) + image.shape[2:]
+    assert (ref == preds["g1"]).all()                       # g1's predictions are the references themselves
+    with pytest.raises(FileNotFoundError, match="no image of case 'nocase'"):
+        reader.case("nocase", {"g1": pred_folder})
+    with pytest.raises(FileNotFoundError, match="nocase.png does not exist"):
+        reader.segmentation(pred_folder, "nocase")

@@ -53,7 +53,11 @@ class FinishedRuns:
 
 
 def gather(trainers: Sequence[str], runs: int, finished: Mapping[Tuple[str, int], Path]) -> FinishedRuns:
-    """Reads the evaluation of every finished job; ``finished`` maps ``(trainer, run)`` to the job folder."""
+    """Reads the evaluation of every finished job; ``finished`` maps ``(trainer, run)`` to the job folder.
+
+    Raises:
+        FileNotFoundError: a finished job's evaluation (``summary.json``, ``per_case.csv``) is missing.
+    """
     combined, case_rows, all_summaries, missing = {}, [], [], []
     for trainer in trainers:
         summaries = []
@@ -62,6 +66,10 @@ def gather(trainers: Sequence[str], runs: int, finished: Mapping[Tuple[str, int]
             if folder is None:
                 missing.append(f"run {run} {trainer}")
                 continue
+            for name in ("summary.json", "per_case.csv"):
+                if not (folder / "evaluation" / name).is_file():
+                    raise FileNotFoundError(f"{folder} is marked finished (done.json) but has no evaluation/{name}; "
+                                            f"delete its done.json to evaluate it again")
             summaries.append(json.loads((folder / "evaluation" / "summary.json").read_text()))
             for r in read_case_csv(folder / "evaluation" / "per_case.csv"):
                 case_rows.append({"trainer": trainer, "run": run, **r})
