@@ -51,6 +51,11 @@ def test_trainer_names_checked_before_any_training():
         check_trainer_names(["nnUNetTrainerNoSuchThing"])
     with pytest.raises(ValueError):
         check_trainer_names(["nnUNetTrainerPMDice_gx"])
+    with pytest.raises(ValueError, match="characters"):
+        check_trainer_names(["nnUNetTrainer PMDice"])
+    check_trainer_names(["nnUNetTrainer_probabilisticOversampling_033.CEPMDice_g0.5"])   # <trainer>.<loss>
+    with pytest.raises(ValueError, match="NoSuchLoss"):
+        check_trainer_names(["nnUNetTrainer.NoSuchLoss"])
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -40,7 +40,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -78,12 +77,13 @@ def check_trainer_names(names: Sequence[str]) -> None:
             the options its base accepts).
     """
     from ..trainers import BASE_TRAINERS, NNUNET_BASES, trainer_class_for_name
+    from ..trainers.naming import check_name_form, split_composed
 
     for name in names:
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise ValueError(f"trainer name {name!r} has characters nnU-Net cannot use in a folder name")
+        check_name_form(name)  # characters and length nnU-Net's output folder name allows
         base = name.split("_", 1)[0]
-        if base in BASE_TRAINERS and name not in NNUNET_BASES and not name.startswith("nnUNetTrainer_1epoch"):
+        plugin = base in BASE_TRAINERS and name not in NNUNET_BASES and not name.startswith("nnUNetTrainer_1epoch")
+        if plugin or split_composed(name):
             trainer_class_for_name(name)  # raises TrainerNameError with the accepted options
             continue
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
