@@ -265,3 +265,33 @@ def test_evaluate_cli_writes_outputs_and_names_missing_predictions(tmp_path):
     victim.unlink()
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 2 and victim.name in res.stderr and "no prediction" in res.stderr
+
+
+def test_evaluate_writes_object_columns_tables_and_units(tmp_path):
+    from nnunet_pmdice.evaluation import evaluate_folders, write_evaluation
+    from nnunet_pmdice.evaluation.aggregate import read_case_csv
+    from nnunet_pmdice.evaluation.objects import OBJECT_COUNTS, OBJECT_METRICS, object_metrics
+    from nnunet_pmdice.synthetic import generate
+
+    raw = generate("lesion3d", tmp_path / "raw", 80, num_train=2, num_test=2, size=(12, 24, 24), seed=4)
+    pred = make_predictions(raw, tmp_path / "pred")
+    result = evaluate_folders(raw / "labelsTs", pred, progress=False)
+    paths = write_evaluation(result, tmp_path / "ev", title="T")
+    rows = read_case_csv(paths["per_case"])
+    header = paths["per_case"].read_text().splitlines()[0].split(",")
+    assert header == list(aggregate.CASE_COLUMNS)
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    for r in rows:                                       # the rows hold what object_metrics says of the files
+        ref = SimpleITKIO().read_seg(str(raw / "labelsTs" / f"{r['case']}.nii.gz"))[0][0]
+        prd = SimpleITKIO().read_seg(str(pred / f"{r['case']}.nii.gz"))[0][0]
+        expected = object_metrics(ref == 1, prd == 1).as_dict()
+        for k in OBJECT_METRICS + OBJECT_COUNTS:
+            a, b = r[k], expected[k]
+            assert (isinstance(b, float) and math.isnan(b) and math.isnan(a)) or a == pytest.approx(b), k
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["nsd_unit"] == "mm" and summary["objects"]["size_bins_voxels"]["large"] == [1000, None]
+    pooled = summary["objects_pooled"]["lesion"]
+    assert pooled["n_ref"] > 0 and pooled["n_pred"] > 0
+    assert pooled["n_ref"] == sum(r["obj_n_ref"] for r in rows) and pooled["detected"] == sum(r["obj_detected"] for r in rows)
+    table = paths["table"].read_text()
+    assert "| mDice |" in table and "| obj. recall | obj. prec. | obj. F1 | recall small |" in table

@@ -44,7 +44,7 @@ def reference_rule(ref, pred, alpha=ALPHA, beta=BETA, gamma=GAMMA):
                     ok = False
                     break
                 acc += size / covered
-                if acc > gamma:
+                if acc >= gamma:
                     break
             out.append(ok)
         return np.array(out, bool), [np.count_nonzero(a_lab == i) for i in range(1, n_a + 1)]
@@ -122,7 +122,7 @@ def test_a_huge_grazing_blob_detects_nothing():
     ref = box((40, 40), (0, 0), (4, 4))                                   # 16 voxels
     blob = box((40, 40), (0, 2), (30, 30))                                # covers half the lesion, mostly outside
     m = object_metrics(ref, blob)
-    assert m.obj_recall == 0.0 and m.obj_precision == 0.0                 # beta: > 65% of the blob is outside
+    assert m.obj_recall == 0.0 and m.obj_precision == 0.0                 # beta: > 70% of the blob is outside
 
 
 def test_split_and_merged_lesions():
@@ -175,3 +175,23 @@ def test_columns_are_appended_and_pooled_in_the_summary():
     assert s["per_class"]["fg"]["obj_recall"] == pytest.approx((0.5 + 1.0) / 2)     # mean over cases
     assert s["objects_pooled"]["fg"]["recall"] == pytest.approx(2 / 3)             # 2 of 3 objects
     assert s["objects_pooled"]["fg"]["n_small"] == 3 and s["mean"]["obj_f1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_gamma_stops_the_examination_once_65_percent_of_the_overlap_is_seen():
+    shape = (12, 40)
+    ref = box(shape, (0, 0), (10, 10))
+    leaky = box(shape, (7, 8), (10, 30))                                  # 6 voxels on the lesion, 60 outside
+    first = box(shape, (0, 0), (2, 7))                                    # 14 inside: 14/20 = 70% of the overlap
+    assert object_metrics(ref, first | leaky).obj_recall == 1.0           # the leaky one is never examined
+    small_first = box(shape, (0, 0), (1, 9))                              # 9 inside: 9/15 = 60% < 65%
+    assert object_metrics(ref, small_first | leaky).obj_recall == 0.0     # the leaky one is examined and fails
+
+
+def test_beta_allows_at_most_70_percent_outside():
+    shape = (12, 40)
+    ref = box(shape, (0, 0), (10, 10))
+    pred = box(shape, (0, 0), (3, 33))                                    # 30 inside, 69 outside
+    pred[3, 20] = True                                                    # 70 of 100 outside: allowed
+    assert object_metrics(ref, pred).obj_recall == 1.0
+    pred[3, 21] = True                                                    # 71 of 101 outside: too much
+    assert object_metrics(ref, pred).obj_recall == 0.0

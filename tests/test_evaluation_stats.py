@@ -189,3 +189,25 @@ def test_table_and_forest_plot(data, tmp_path):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300
     with pytest.raises(ValueError, match="paired_comparison"):
         plot_forest({"contenders": {}}, tmp_path / "x.png")
+
+
+def test_benchmark_per_case_csv_round_trip_compares_paper_and_object_metrics(tmp_path):
+    from nnunet_pmdice.evaluation.aggregate import CASE_COLUMNS, read_case_csv, write_csv
+    from nnunet_pmdice.evaluation.metrics import METRICS
+    from nnunet_pmdice.evaluation.objects import OBJECT_METRICS
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for trainer, shift in (("nnUNetTrainer", 0.0), ("nnUNetTrainerPMDice", 0.05)):
+        for i in range(10):
+            row = {"trainer": trainer, "run": 1, "case": f"c{i}", "class": "lesion"}
+            row.update({m: float(np.clip(rng.uniform(0.4, 0.8) + shift, 0, 1)) for m in METRICS + OBJECT_METRICS})
+            row["obj_recall_large"] = float("nan")                       # no large lesion anywhere
+            rows.append(row)
+    path = write_csv(tmp_path / "per_case.csv", rows, ("trainer", "run") + CASE_COLUMNS)
+    comparison = paired_comparison(read_case_csv(path), "nnUNetTrainer", n_resamples=500)
+    assert comparison["metrics"] == list(METRICS + OBJECT_METRICS)
+    entries = comparison["contenders"]["nnUNetTrainerPMDice"]["metrics"]
+    assert entries["obj_recall_large"]["n_cases"] == 0 and entries["obj_recall_large"]["mean_diff"] is None
+    assert entries["obj_recall"]["n_cases"] == 10 and not comparison["contenders"]["nnUNetTrainerPMDice"]["per_class"]
+    assert "| object recall |" in difference_table(comparison)

@@ -211,7 +211,11 @@ def table_rows(results: Mapping[str, Mapping], baseline: Optional[str] = None) -
 
 
 def csv_text(rows: Sequence[Mapping], columns: Optional[Sequence[str]] = None) -> str:
-    """CSV text of dict rows; NaN is written as an empty field."""
+    """CSV text of dict rows; NaN is written as an empty field.
+
+    Raises:
+        ValueError: if there are neither rows nor columns.
+    """
     if not rows and columns is None:
         raise ValueError("no rows and no columns to write")
     columns = list(columns or rows[0].keys())

@@ -68,7 +68,7 @@ OBJECT_METHOD = {
     "connectivity": "full (8 in 2D, 26 in 3D), cc3d",
     "matching": "MSSEG-2016 lesion detection (Commowick et al., Sci. Rep. 2018): an object is detected when the "
                 "other mask covers more than alpha of it and the objects covering it (largest overlap first, "
-                "until more than gamma of the covered part) lie at most beta outside the first mask",
+                "until at least gamma of the covered part) each lie at most beta outside the first mask",
     "alpha": ALPHA, "beta": BETA, "gamma": GAMMA,
     "size_bins_voxels": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in SIZE_BINS},
 }
@@ -76,7 +76,11 @@ OBJECT_METHOD = {
 
 def find_dataset_json(pred_folder: Path, gt_folder: Path, dataset_json=None) -> Path:
     """``dataset_json`` if given; else the copy nnUNetv2_predict writes into the prediction folder;
-    else the raw dataset's (the parent of ``labelsTs``)."""
+    else the raw dataset's (the parent of ``labelsTs``).
+
+    Raises:
+        FileNotFoundError: if the given file does not exist or none is found.
+    """
     if dataset_json is not None:
         path = Path(dataset_json)
         if not path.is_file():
@@ -160,7 +164,7 @@ def dataset_labels(dataset_json: Mapping) -> Tuple[int, ...]:
     """
     values = set()
     for v in dataset_json["labels"].values():
-        values.update(int(x) for x in v) if isinstance(v, (list, tuple)) else values.add(int(v))
+        values.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
     return tuple(sorted(values))
 
 

@@ -105,6 +105,9 @@ def normalized_surface_dice(ref: np.ndarray, pred: np.ndarray, spacing: Sequence
     Returns:
         NSD in [0, 1]; NaN when both masks are empty; 0 when exactly one is empty.
 
+    Raises:
+        ValueError: if the masks differ in shape or are not 2D/3D, or spacing or tau is invalid.
+
     Example:
         >>> a = np.zeros((8, 8), bool); a[2:6, 2:6] = True
         >>> normalized_surface_dice(a, np.roll(a, 1, axis=0), (1.0, 1.0), tau=1.0)
@@ -143,6 +146,10 @@ def class_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], t
         spacing: voxel size per axis, the unit of ``tau``.
         tau: NSD tolerance.
         valid: optional boolean mask; voxels where it is false (nnU-Net's ignore label) are left out.
+
+    Raises:
+        ValueError: if the masks differ in shape, or (for NSD) spacing or tau is invalid.
+        TypeError: if a mask is not a numpy array.
 
     Example:
         >>> r = np.zeros((6, 6), bool); r[1:4, 1:4] = True
@@ -183,6 +190,9 @@ def squeeze_spatial(seg: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarr
     """Drops spatial axes of length 1 and their spacing (nnU-Net reads a 2D image as ``(1, H, W)``).
 
     ``seg`` is a label map as nnU-Net's readers return it, ``(1, *spatial)`` or ``spatial``.
+
+    Raises:
+        ValueError: if ``seg`` has several channels, does not match the spacing, or is not 2D/3D.
     """
     if seg.ndim == len(spacing) + 1:
         if seg.shape[0] != 1:
@@ -211,6 +221,9 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, classes: Sequence[Tu
 
     Returns:
         ``{class name: ClassMetrics}`` in the order of ``classes``.
+
+    Raises:
+        ValueError: if the label maps differ in shape (or see :func:`class_metrics`).
     """
     if ref_seg.shape != pred_seg.shape:
         raise ValueError(f"prediction has shape {pred_seg.shape}, reference has {ref_seg.shape}")
@@ -220,7 +233,11 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, classes: Sequence[Tu
 
 
 def classes_from_dataset_json(dataset_json: dict) -> Tuple[List[Tuple[str, LabelOrRegion]], Optional[int]]:
-    """Foreground classes ``[(name, label_or_region)]`` and the ignore label, as nnU-Net's LabelManager sees them."""
+    """Foreground classes ``[(name, label_or_region)]`` and the ignore label, as nnU-Net's LabelManager sees them.
+
+    Raises:
+        ValueError: if ``dataset_json`` has no ``labels`` mapping.
+    """
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     labels = dataset_json.get("labels")

@@ -12,8 +12,13 @@ foreground class of one case (voxels of nnU-Net's ignore label removed from both
 
   1. the predicted mask covers more than ``alpha`` = 10% of its voxels, and
   2. the predicted objects overlapping ``R_i``, taken in decreasing order of their overlap with it
-     until they hold more than ``gamma`` = 70% of the covered voxels, each lie at most ``beta`` = 65%
+     until they hold at least ``gamma`` = 65% of the covered voxels, each lie at most ``beta`` = 70%
      outside the reference mask (a huge false-positive blob that grazes a lesion does not detect it).
+
+  The thresholds are the defaults of ``animaSegPerfAnalyzer`` (``-x 0.1 -y 0.7 -z 0.65``). Two
+  choices differ from that tool: it drops objects of at most 3 mm^3 and uses face connectivity
+  (ITK's default); here no object is dropped (the small ones are the point of PM Dice, and 2D
+  images have no mm^3) and connectivity is full.
 
   A predicted object is *true* (matches a reference object) by the same rule with the roles of
   reference and prediction swapped. One predicted object may detect several reference objects
@@ -36,8 +41,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-#: MSSEG-2016 detection thresholds (Commowick et al. 2018)
-ALPHA, BETA, GAMMA = 0.10, 0.65, 0.70
+#: MSSEG-2016 detection thresholds: minimum overlap ratio, maximum outside ratio, overlap share examined
+#: (Commowick et al. 2018; animaSegPerfAnalyzer's defaults)
+ALPHA, BETA, GAMMA = 0.10, 0.70, 0.65
 
 #: ``(name, lowest size, first size above)`` of each object-size bin, in voxels of the reference object
 SIZE_BINS: Tuple[Tuple[str, float, float], ...] = (("small", 0, 100), ("medium", 100, 1000),
@@ -120,14 +126,13 @@ def detected_objects(overlap: np.ndarray, alpha: float = ALPHA, beta: float = BE
         if size == 0 or covered / size <= alpha:
             continue
         ok, total = True, 0.0
-        for j in np.argsort(-overlap[i, 1:], kind="stable") + 1:
-            if overlap[i, j] == 0:
-                break
+        cols = np.flatnonzero(overlap[i, 1:]) + 1           # the detecting objects touching it,
+        for j in cols[np.argsort(-overlap[i, cols], kind="stable")]:   # largest overlap first
             if outside[j] > beta:
                 ok = False
                 break
             total += overlap[i, j] / covered
-            if total > gamma:
+            if total >= gamma:
                 break
         out[i - 1] = ok
     return out

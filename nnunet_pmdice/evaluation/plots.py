@@ -44,6 +44,9 @@ def plot_metrics(results: Mapping[str, Mapping], path, title: str = "") -> Path:
     Args:
         results: ``{trainer: aggregate.combine_runs(...)}`` in legend order (baseline first).
         path: the PNG to write.
+
+    Raises:
+        ValueError: if ``results`` is empty.
     """
     if not results:
         raise ValueError("no results to plot")
@@ -140,6 +143,9 @@ def error_overlay(reference: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
     A foreground pixel predicted with the wrong class counts as a false positive (of the predicted
     class); a foreground pixel predicted as background is a false negative.
+
+    Raises:
+        ValueError: if the two label maps differ in shape.
     """
     if reference.shape != prediction.shape:
         raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
@@ -181,6 +187,9 @@ def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str
             :func:`overlay_slice`.
         path: the PNG to write.
         scores: optional ``{(trainer, case): Dice}`` shown in the panel titles.
+
+    Raises:
+        ValueError: if ``cases`` is empty.
     """
     if not cases:
         raise ValueError("no cases to show")
@@ -240,8 +249,7 @@ def plot_forest(comparison: Mapping, path, title: str = "") -> Path:
             y = i + (k - (len(names) - 1) / 2) * step
             if e["ci_low"] is not None:
                 ax.plot([100 * e["ci_low"], 100 * e["ci_high"]], [y, y], color=colour, lw=2)
-            ax.plot(100 * e["mean_diff"], y, "o", color=colour, mfc=colour if e["significant"] else "white",
-                    ms=6, label=name if i == 0 else None)
+            ax.plot(100 * e["mean_diff"], y, "o", color=colour, mfc=colour if e["significant"] else "white", ms=6)
     ax.axvline(0, color="k", lw=1)
     ax.set_yticks(range(len(metrics)))
     ax.set_yticklabels([TITLES.get(m, m) for m in metrics])
@@ -249,9 +257,10 @@ def plot_forest(comparison: Mapping, path, title: str = "") -> Path:
     level = round(100 * comparison["method"]["confidence"])
     ax.set_xlabel(f"contender − {comparison['baseline']} (percentage points; mean over cases, {level}% CI)")
     ax.grid(axis="x", alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=8, loc="best", title="filled: significant", title_fontsize=7)
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=colours[k % len(colours)], marker="o", lw=2, label=name)
+               for k, name in enumerate(names)]
+    ax.legend(handles=handles, fontsize=8, loc="best", title="filled marker: significant", title_fontsize=7)
     ax.set_title(title or f"Paired difference to {comparison['baseline']}")
     fig.tight_layout()
     out = _save(fig, path)

@@ -16,8 +16,9 @@ on this data?" is answered per case, not by comparing two means:
   named in ``ci_method``; all differences equal (within ``TIE_TOLERANCE``) -> the interval is
   that value.
 - **Test**: Wilcoxon signed-rank test, two-sided (:func:`scipy.stats.wilcoxon`,
-  ``zero_method="wilcox"``, ``method="auto"``: exact up to 50 cases without tied ranks) on the
-  differences; tied cases (``|d| <= TIE_TOLERANCE``) are dropped before the test, as Wilcoxon's
+  ``zero_method="wilcox"``, ``method="auto"``: the exact distribution up to 50 cases without tied
+  ranks, an exhaustive permutation test up to 13 cases with tied ranks, else the normal
+  approximation) on the differences; tied cases (``|d| <= TIE_TOLERANCE``) are dropped before the test, as Wilcoxon's
   zero method does. No non-zero difference -> p = 1.
 - **Wins / ties / losses**: cases with ``d > TIE_TOLERANCE`` / ``|d| <= TIE_TOLERANCE`` / ``d < -TIE_TOLERANCE``.
 - **Multiple contenders**: Holm's step-down correction of the p-values across the contenders, per
@@ -277,10 +278,12 @@ def _p(v: Optional[float]) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def difference_table(comparison: Mapping, decimals: int = 2) -> str:
+def difference_table(comparison: Mapping, decimals: int = 2, *, per_class: Sequence[str] = ("dice",)) -> str:
     """Markdown: a block per contender with the mean difference [CI], p, Holm p, W/T/L and the mark.
 
-    Values and differences in % (percentage points); a footnote names the procedures.
+    Values and differences in % (percentage points); a footnote names the procedures. Rows: every
+    compared metric (mean over classes), then, with several classes, the metrics in ``per_class``
+    per class (the per-class Dice by default, as in the paper's table; all of them are in the dict).
 
     Raises:
         ValueError: if ``comparison`` is not a :func:`paired_comparison` result.
@@ -293,7 +296,7 @@ def difference_table(comparison: Mapping, decimals: int = 2) -> str:
     for name, result in comparison["contenders"].items():
         rows = [(TITLES.get(m, m), e) for m, e in result["metrics"].items()]
         for cls, per in result.get("per_class", {}).items():
-            rows += [(f"{TITLES.get(m, m)} ({cls})", e) for m, e in per.items()]
+            rows += [(f"{TITLES.get(m, m)} ({cls})", e) for m, e in per.items() if m in per_class]
         first = rows[0][1] if rows else {"n_cases": 0}
         lines += [f"**{name}** vs **{base}** (baseline): {first['n_cases']} paired test cases; runs: "
                   f"{comparison['runs'].get(name, '?')} vs {comparison['runs'].get(base, '?')}", "",
