@@ -250,3 +250,17 @@ def test_every_trainer_of_the_table_is_documented():
     missing = [r.trainer for r in TRAINER_TABLE if f"`{r.trainer}`" not in docs or f"`{r.trainer}`" not in readme]
     assert not missing
     assert all(f"`{r.loss_name}`" in docs for r in TRAINER_TABLE)  # the losses with_loss takes
+
+
+def test_check_trainer_name_finds_what_nnunet_trains():
+    from nnunet_pmdice.trainers import check_trainer_name
+    assert check_trainer_name("nnUNetTrainer_1epoch").__module__.startswith("nnunetv2.")  # nnU-Net's own
+    assert check_trainer_name("nnUNetTrainer_probabilisticOversampling_033").__module__.startswith("nnunetv2.")
+    assert check_trainer_name("nnUNetTrainerPMDice_g2") is getattr(trainers, "nnUNetTrainerPMDice_g2")
+    assert check_trainer_name("nnUNetTrainer_7epochs_3iters").chosen_options == {"epochs": 7, "iters": 3}
+    with pytest.raises(TrainerNameError, match="does not apply to nnUNetTrainer"):
+        check_trainer_name("nnUNetTrainer_g2")
+    with pytest.raises(TrainerNameError, match="ASCII"):
+        check_trainer_name("nnUNetTrainer_\uff15epochs")
+    with pytest.raises(ValueError, match="nnU-Net cannot find trainer 'NoSuchTrainer'"):
+        check_trainer_name("NoSuchTrainer")
