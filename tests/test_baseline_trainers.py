@@ -16,7 +16,7 @@ from nnunet_pmdice import trainers
 from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceFamilyLoss, DiceLoss, DilatedBalancedCETerm,
                                   FocalCrossEntropyTerm, LogDiceLoss, TopKCrossEntropyTerm, TopKDiceLoss,
                                   WangFocalDiceLoss, ZhaoFocalDiceLoss)
-from nnunet_pmdice.trainers import NNUNET_BASES, TrainerNameError, trainer_class_for_name
+from nnunet_pmdice.trainers import NNUNET_BASES
 from nnunet_pmdice.trainers.baselines import BASELINE_TRAINERS
 from nnunet_pmdice.trainers.loss_builder import RECIPES, LossContext
 

@@ -239,3 +239,28 @@ def test_region_dataset_gets_sigmoid_and_rejects_gamma_bg(prepared, monkeypatch)
     tr_bg = _trainer(ds, "nnUNetTrainerPMDice_g2_bg1", monkeypatch)
     with pytest.raises(ValueError, match="gamma_bg only has a meaning in softmax mode"):
         tr_bg.initialize()
+
+
+# -- the documentation lists the table ----------------------------------------------------------------------
+def test_every_trainer_of_the_table_is_documented():
+    from pathlib import Path
+    from nnunet_pmdice.trainers.loss_table import TRAINER_TABLE
+    root = Path(__file__).resolve().parents[1]
+    docs, readme = (root / "docs" / "trainers.md").read_text(), (root / "README.md").read_text()
+    missing = [r.trainer for r in TRAINER_TABLE if f"`{r.trainer}`" not in docs or f"`{r.trainer}`" not in readme]
+    assert not missing
+    assert all(f"`{r.loss_name}`" in docs for r in TRAINER_TABLE)  # the losses with_loss takes
+
+
+def test_check_trainer_name_finds_what_nnunet_trains():
+    from nnunet_pmdice.trainers import check_trainer_name
+    assert check_trainer_name("nnUNetTrainer_1epoch").__module__.startswith("nnunetv2.")  # nnU-Net's own
+    assert check_trainer_name("nnUNetTrainer_probabilisticOversampling_033").__module__.startswith("nnunetv2.")
+    assert check_trainer_name("nnUNetTrainerPMDice_g2") is getattr(trainers, "nnUNetTrainerPMDice_g2")
+    assert check_trainer_name("nnUNetTrainer_7epochs_3iters").chosen_options == {"epochs": 7, "iters": 3}
+    with pytest.raises(TrainerNameError, match="does not apply to nnUNetTrainer"):
+        check_trainer_name("nnUNetTrainer_g2")
+    with pytest.raises(TrainerNameError, match="ASCII"):
+        check_trainer_name("nnUNetTrainer_\uff15epochs")
+    with pytest.raises(ValueError, match="nnU-Net cannot find trainer 'NoSuchTrainer'"):
+        check_trainer_name("NoSuchTrainer")

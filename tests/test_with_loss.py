@@ -103,7 +103,8 @@ def _lookup(names, extra_env):
     pickle round trip of each class found."""
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     env.update(extra_env)
-    code = ("import pickle, sys; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
+    code = ("import pickle, sys\n"
+            "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             "for n in sys.argv[1:]:\n"
             "    c = f(n); d = pickle.loads(pickle.dumps(c))\n"
             "    print('FOUND', c.__name__, d is c, [b.__name__ for b in c.__mro__][:6], dict(c.chosen_options))")

@@ -26,7 +26,7 @@ from typing import Dict
 
 from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss as _nnUNetCELoss
 
-from .base import HOME_MODULE, PluginLossTrainer, PluginTrainer, PluginTrainerMeta, trainer_by_name
+from .base import HOME_MODULE, PluginLossTrainer, PluginTrainer, PluginTrainerMeta, find_with_nnunet, trainer_by_name
 from .compose import LOSS_SEPARATOR, class_for_composed_name, loss_names, with_loss
 from .named import BASELINE_TRAINERS, NAMED_TRAINERS, PM_DICE_TRAINERS
 from .naming import TrainerNameError, check_name_form, parse_options, split_composed, trainer_budget, with_budget
@@ -45,8 +45,8 @@ NNUNET_BASES: Dict[str, type] = {"nnUNetTrainer": PluginTrainer, "nnUNetTrainerC
 #: base names that accept name options
 BASE_TRAINERS: Dict[str, type] = {**NNUNET_BASES, **NAMED_TRAINERS}
 
-__all__ = list(NAMED_TRAINERS) + ["TrainerNameError", "trainer_class_for_name", "with_loss", "loss_names",
-                                  "trainer_budget", "with_budget"]
+__all__ = list(NAMED_TRAINERS) + ["TrainerNameError", "trainer_class_for_name", "check_trainer_name", "with_loss",
+                                  "loss_names", "trainer_budget", "with_budget"]
 
 _MADE: Dict[str, type] = {}
 _LOCK = threading.Lock()
@@ -84,6 +84,31 @@ def trainer_class_for_name(name: str) -> type:
                 "__doc__": f"{base_name} with options {options} (made from the trainer name)."})
             _MADE[name] = cls
     return cls
+
+
+def check_trainer_name(name: str) -> type:
+    """The class ``nnUNetv2_train -tr name`` will train, found the way nnU-Net finds it; fails fast, before any
+    training, on a name nnU-Net will not find or whose options are wrong.
+
+    Plugin names (``nnUNetTrainerPMDice_g2``, ``<trainer>.<loss>``) are read by the name grammar; any other
+    name goes through nnU-Net's own lookup first (its shipped ``nnUNetTrainer_1epoch`` or
+    ``nnUNetTrainer_probabilisticOversampling_033`` are nnU-Net's), then, for names on ``nnUNetTrainer`` or
+    ``nnUNetTrainerCELoss``, through the budget tokens of the grammar.
+
+    Raises:
+        TrainerNameError: a name too long, with characters a folder name cannot have, or a plugin name whose
+            options are wrong (the message lists what is accepted).
+        ValueError: a name nnU-Net cannot find.
+    """
+    check_name_form(name)
+    if split_composed(name) or (name.split("_", 1)[0] in BASE_TRAINERS and name.split("_", 1)[0] not in NNUNET_BASES):
+        return trainer_class_for_name(name)
+    try:
+        return find_with_nnunet(name)
+    except AttributeError as e:
+        if name.split("_", 1)[0] in NNUNET_BASES and name not in NNUNET_BASES:
+            return trainer_class_for_name(name)  # raises the grammar's error for a wrong budget token
+        raise ValueError(str(e)) from None
 
 
 def __getattr__(name: str):
