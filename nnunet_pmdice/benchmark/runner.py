@@ -69,29 +69,18 @@ __all__ = ["Benchmark", "BenchmarkSettings", "Job", "StepFailed", "check_trainer
 def check_trainer_names(names: Sequence[str]) -> None:
     """Fails fast, before any training, on a trainer name nnU-Net will not find.
 
-    Names of plugin trainers are checked against the name grammar; other names through nnU-Net's own
-    trainer lookup (which imports every trainer module nnU-Net ships).
+    Each name goes through :func:`nnunet_pmdice.trainers.check_trainer_name`: plugin names (and
+    ``<trainer>.<loss>`` names) are read by the name grammar, other names found by nnU-Net's own lookup.
 
     Raises:
         ValueError: a name nnU-Net cannot use or find (the message names it and, for plugin trainers,
             the options its base accepts).
     """
-    from ..trainers import BASE_TRAINERS, NNUNET_BASES, trainer_class_for_name
-    from ..trainers.naming import check_name_form, split_composed
+    from ..trainers import check_trainer_name
 
-    for name in names:
-        check_name_form(name)  # characters and length nnU-Net's output folder name allows
-        base = name.split("_", 1)[0]
-        plugin = base in BASE_TRAINERS and name not in NNUNET_BASES and not name.startswith("nnUNetTrainer_1epoch")
-        if plugin or split_composed(name):
-            trainer_class_for_name(name)  # raises TrainerNameError with the accepted options
-            continue
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                recursive_find_trainer_class_by_name(name)
-            except (RuntimeError, AssertionError) as e:
-                raise ValueError(f"nnU-Net cannot find trainer {name!r}: {str(e).splitlines()[0]}") from None
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's lookup prints while it imports its trainers
+        for name in names:
+            check_trainer_name(name)
 
 
 def choose_baseline(trainers: Sequence[str], baseline: Optional[str] = None) -> Tuple[List[str], str]:
