@@ -16,10 +16,9 @@ from nnunet_pmdice import trainers
 from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceFamilyLoss, DiceLoss, DilatedBalancedCETerm,
                                   FocalCrossEntropyTerm, LogDiceLoss, TopKCrossEntropyTerm, TopKDiceLoss,
                                   WangFocalDiceLoss, ZhaoFocalDiceLoss)
-from nnunet_pmdice.trainers import NNUNET_BASES, TrainerNameError, trainer_class_for_name
+from nnunet_pmdice.trainers import NNUNET_BASES
 from nnunet_pmdice.trainers.baselines import BASELINE_TRAINERS
 from nnunet_pmdice.trainers.loss_builder import RECIPES, LossContext
-from nnunet_pmdice.trainers.naming import parse_token
 
 #: trainer -> (Dice part type, CE part type, default options)
 EXPECTED = {
@@ -101,27 +100,7 @@ def test_region_datasets_get_sigmoid_or_a_clear_error(name):
     assert core.regions and all(m.nonlin == "sigmoid" for m in core.modules() if isinstance(m, DiceFamilyLoss))
 
 
-@pytest.mark.parametrize("token, expected", [
-    ("kd20", ("dice_k", 20.0)), ("k5", ("k", 5.0)), ("fb3", ("focal_beta", 3.0)), ("lg0.3", ("log_gamma", 0.3)),
-    ("d0", ("dilation", 0)), ("fg1", ("focal_gamma", 1.0)),
-])
-def test_tokens(token, expected):
-    assert parse_token(token) == expected
-
-
-@pytest.mark.parametrize("name, message", [
-    ("nnUNetTrainerDice_k10", "does not apply to nnUNetTrainerDice"),
-    ("nnUNetTrainerTopKDice_k10", "does not apply to nnUNetTrainerTopKDice"),
-    ("nnUNetTrainerTopKDice_kd0", "0 < k <= 100"),
-    ("nnUNetTrainerFocalDiceZhao_kd101", "0 < k <= 100"),
-    ("nnUNetTrainerLogDice_lg0", "log_gamma must be > 0"),
-    ("nnUNetTrainerFocalDiceWang_fb0", "focal_beta must be > 0"),
-    ("nnUNetTrainerDBCE_d1.5", "cannot read option 'd1.5'"),
-    ("nnUNetTrainerCELoss_g2", "does not apply to nnUNetTrainerCELoss"),
-])
-def test_bad_names_say_what_is_accepted(name, message):
-    with pytest.raises(TrainerNameError, match=message):
-        trainer_class_for_name(name)
+# the tokens and refused names of these trainers are in tests/trainer_name_cases.py (test_trainers.py)
 
 
 def test_nnunet_ce_trainer_takes_the_budget_options_and_keeps_its_loss():

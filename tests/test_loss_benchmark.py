@@ -26,3 +26,25 @@ def test_bench_loss_quick_run_writes_table_and_plot(tmp_path):
     assert [t["trainer"] for t in data["train_step"]] == ["nnUNetTrainer", "nnUNetTrainerPMDice"]
     assert (tmp_path / "loss_benchmark.png").stat().st_size > 10_000
     assert "| PM Dice gamma 1 |" in res.stdout
+
+
+def test_median_seconds_calls_warmup_then_repeat_times():
+    from nnunet_pmdice.benchmark.loss_cost import median_seconds
+    calls = []
+    seconds = median_seconds(lambda: calls.append(1), warmup=3, repeat=5)
+    assert len(calls) == 8 and seconds >= 0
+
+
+def test_every_loss_case_is_made_without_arguments_and_runs():
+    import torch
+    from nnunet_pmdice.benchmark.loss_cost import _fwd_bwd, _inputs, default_cases
+    logits, target = _inputs((2, 3, 16, 16), torch.device("cpu"), torch.float32)
+    for case in default_cases():
+        value = _fwd_bwd(case.make(), logits, target, None)
+        assert torch.isfinite(value) and logits.grad is not None, case.name
+
+
+def test_old_import_path_still_works():
+    from nnunet_pmdice import loss_benchmark
+    from nnunet_pmdice.benchmark import loss_cost
+    assert loss_benchmark.main is loss_cost.main and loss_benchmark.default_cases is loss_cost.default_cases

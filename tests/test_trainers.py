@@ -14,32 +14,71 @@ import torch
 from nnunet_pmdice import trainers
 from nnunet_pmdice.trainers import TrainerNameError, trainer_class_for_name
 from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
-from nnunet_pmdice.trainers.naming import parse_options, parse_token
+from nnunet_pmdice.trainers.naming import is_baseline_name, parse_options, parse_token, trainer_budget, with_budget
+from trainer_name_cases import BAD_NAMES, TOKENS
 
 
 # -- the name grammar --------------------------------------------------------------------------------
-@pytest.mark.parametrize("token, expected", [
-    ("g2", ("gamma", 2.0)), ("g0.5", ("gamma", 0.5)), ("g1-1-2-2", ("gamma", (1.0, 1.0, 2.0, 2.0))),
-    ("bg1", ("gamma_bg", 1.0)), ("fg2", ("focal_gamma", 2.0)), ("k10", ("k", 10.0)), ("d5", ("dilation", 5)),
-    ("50epochs", ("epochs", 50)), ("20iters", ("iters", 20)),
-])
-def test_tokens(token, expected):
-    assert parse_token(token) == expected
+@pytest.mark.parametrize("token", sorted(TOKENS))
+def test_tokens(token):
+    assert parse_token(token) == TOKENS[token]
 
 
-@pytest.mark.parametrize("name, message", [
-    ("nnUNetTrainerPMDice_x3", "cannot read option 'x3'"),
-    ("nnUNetTrainerPMDice_g2_g3", "given twice"),
-    ("nnUNetTrainerPMDice_k10", "does not apply to nnUNetTrainerPMDice"),
-    ("nnUNetTrainerTopKCEPMDice_k0", "0 < k <= 100"),
-    ("nnUNetTrainerPMDice_0epochs", "at least 1"),
-    ("nnUNetTrainerPMDice_g-1", "cannot read option 'g-1'"),
-    ("nnUNetTrainerPMDice_", "expected nnUNetTrainerPMDice_<option>"),
-    ("nnUNetTrainer_g2", "does not apply to nnUNetTrainer"),
-])
-def test_bad_names_say_what_is_accepted(name, message):
-    with pytest.raises(TrainerNameError, match=message):
+@pytest.mark.parametrize("name", sorted(BAD_NAMES))
+def test_bad_names_say_what_is_accepted(name):
+    with pytest.raises(TrainerNameError, match=BAD_NAMES[name]):
         trainer_class_for_name(name)
+
+
+def test_kd_says_what_it_means_for_each_loss():
+    """``kd`` is the Dice part's percentage: of each class's own pixels (TopK Dice), of its negatives (Zhao)."""
+    with pytest.raises(TrainerNameError, match="kd<x> \\(TopK Dice: percentage of each class's own pixels"):
+        trainer_class_for_name("nnUNetTrainerTopKDice_x1")
+    with pytest.raises(TrainerNameError, match="kd<x> \\(Zhao Focal Dice: percentage of each class's negatives"):
+        trainer_class_for_name("nnUNetTrainerFocalDiceZhao_x1")
+
+
+def _shipped_epochs():
+    """nnU-Net's shipped training-length trainers and the epochs their source sets."""
+    import inspect
+    import re as _re
+    from nnunetv2.training.nnUNetTrainer.variants.training_length import (nnUNetTrainer_Xepochs,
+                                                                         nnUNetTrainer_Xepochs_NoMirroring)
+    found = {}
+    for module in (nnUNetTrainer_Xepochs, nnUNetTrainer_Xepochs_NoMirroring):
+        for name, cls in vars(module).items():
+            if isinstance(cls, type) and name.startswith("nnUNetTrainer_") and cls.__module__ == module.__name__:
+                m = _re.search(r"self\.num_epochs = (\d+)", inspect.getsource(cls))
+                if m:
+                    found[name] = int(m.group(1))
+    return found
+
+
+def test_budget_of_nnunets_shipped_trainers_is_read_as_they_train():
+    shipped = _shipped_epochs()
+    assert {"nnUNetTrainer_1epoch", "nnUNetTrainer_5epochs", "nnUNetTrainer_250epochs_NoMirroring"} <= set(shipped)
+    assert {n: trainer_budget(n)[0] for n in shipped} == shipped
+    assert is_baseline_name("nnUNetTrainer_1epoch") and is_baseline_name("nnUNetTrainer_5epochs")
+    assert not is_baseline_name("nnUNetTrainer_250epochs_NoMirroring")  # other augmentation: no baseline
+
+
+def test_budget_tokens_round_trip_through_the_trainers():
+    for name in ("nnUNetTrainerPMDice_g2", "nnUNetTrainer", "nnUNetTrainerCELoss",
+                 "nnUNetTrainerNoMirroring.CEPMDice_g0.5"):
+        budgeted = with_budget(name, epochs=3, iters=7)
+        assert trainer_budget(budgeted) == (3, 7)
+        assert dict(trainer_class_for_name(budgeted).chosen_options).items() >= {"epochs": 3, "iters": 7}.items()
+    assert trainer_budget("nnUNetTrainer_250epochs_NoMirroring.PMDice_5epochs") == (5, None)
+    with pytest.raises(ValueError, match="--epochs must be an integer from 1 to 100000"):
+        with_budget("nnUNetTrainerPMDice", epochs=10 ** 20)
+    with pytest.raises(ValueError, match="already sets its iters"):
+        with_budget("nnUNetTrainerPMDice_5iters", iters=5)
+
+
+def test_too_long_a_name_is_refused_through_nnunets_lookup_before_any_folder_is_made():
+    res = _lookup("nnUNetTrainerPMDice_" + "_".join(["g1-1"] * 50))
+    assert res.returncode != 0 and "at most 200 are accepted" in res.stderr
+    assert "File name too long" not in res.stderr
 
 
 def test_error_lists_the_accepted_options():
@@ -200,3 +239,28 @@ def test_region_dataset_gets_sigmoid_and_rejects_gamma_bg(prepared, monkeypatch)
     tr_bg = _trainer(ds, "nnUNetTrainerPMDice_g2_bg1", monkeypatch)
     with pytest.raises(ValueError, match="gamma_bg only has a meaning in softmax mode"):
         tr_bg.initialize()
+
+
+# -- the documentation lists the table ----------------------------------------------------------------------
+def test_every_trainer_of_the_table_is_documented():
+    from pathlib import Path
+    from nnunet_pmdice.trainers.loss_table import TRAINER_TABLE
+    root = Path(__file__).resolve().parents[1]
+    docs, readme = (root / "docs" / "trainers.md").read_text(), (root / "README.md").read_text()
+    missing = [r.trainer for r in TRAINER_TABLE if f"`{r.trainer}`" not in docs or f"`{r.trainer}`" not in readme]
+    assert not missing
+    assert all(f"`{r.loss_name}`" in docs for r in TRAINER_TABLE)  # the losses with_loss takes
+
+
+def test_check_trainer_name_finds_what_nnunet_trains():
+    from nnunet_pmdice.trainers import check_trainer_name
+    assert check_trainer_name("nnUNetTrainer_1epoch").__module__.startswith("nnunetv2.")  # nnU-Net's own
+    assert check_trainer_name("nnUNetTrainer_probabilisticOversampling_033").__module__.startswith("nnunetv2.")
+    assert check_trainer_name("nnUNetTrainerPMDice_g2") is getattr(trainers, "nnUNetTrainerPMDice_g2")
+    assert check_trainer_name("nnUNetTrainer_7epochs_3iters").chosen_options == {"epochs": 7, "iters": 3}
+    with pytest.raises(TrainerNameError, match="does not apply to nnUNetTrainer"):
+        check_trainer_name("nnUNetTrainer_g2")
+    with pytest.raises(TrainerNameError, match="ASCII"):
+        check_trainer_name("nnUNetTrainer_\uff15epochs")
+    with pytest.raises(ValueError, match="nnU-Net cannot find trainer 'NoSuchTrainer'"):
+        check_trainer_name("NoSuchTrainer")

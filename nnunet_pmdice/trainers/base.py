@@ -1,16 +1,25 @@
-"""Base classes of the plugin trainers: name options, training budget, loss swap."""
+"""Base classes of the plugin trainers: name options, training budget, loss swap, pickling by name."""
 from __future__ import annotations
 
+import contextlib
 import copyreg
+import io
 import math
-from typing import Mapping
+from typing import Dict, Mapping
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _nnUNetTrainer
 
-from .loss_builder import RECIPES, build_trainer_loss
+from .loss_builder import build_trainer_loss
+from .loss_table import RECIPES
+from .naming import BUDGET_OPTIONS
 
-BUDGET_OPTIONS = ("epochs", "iters")
+#: module that holds (or makes on demand) every class of the plugin
+HOME_MODULE = "nnunet_pmdice.trainers"
+
+# classes defined outside the package on top of a plugin trainer (``class T(with_loss(...))`` in a user's
+# module), by name: the latest definition of each name, so that they unpickle to the same class here
+_EXTERNAL: Dict[str, type] = {}
 
 
 class PluginTrainerMeta(type):
@@ -19,14 +28,46 @@ class PluginTrainerMeta(type):
     Trainer classes made from names with options (``nnUNetTrainerPMDice_g0.5``) are created on demand.
     Pickle would look such a class up by its qualified name, which it splits at the dots; reducing
     the class to ``trainer_by_name(name)`` makes every plugin trainer, with or without options,
-    unpickle in any process where the package is installed.
+    unpickle in any process where the package is installed. A class a user defines on top of one (in
+    a module of an ``nnUNet_extTrainer`` folder, which nnU-Net imports and then forgets) is found again
+    the way nnU-Net finds it: by name, through nnU-Net's trainer lookup.
     """
+
+    def __init__(cls, name, bases, namespace, **kwargs):
+        super().__init__(name, bases, namespace, **kwargs)
+        if namespace.get("__module__") != HOME_MODULE and not namespace.get("__module__", "").startswith(
+                HOME_MODULE + "."):
+            _EXTERNAL[name] = cls
 
 
 def trainer_by_name(name: str):
-    """The plugin trainer class called ``name`` (with or without name options)."""
+    """The trainer class called ``name``: a plugin trainer (with or without name options), a class defined
+    on top of one in this process, or else whatever nnU-Net's own trainer lookup finds under that name.
+
+    Raises:
+        AttributeError: no trainer of that name is known here or to nnU-Net.
+    """
     from nnunet_pmdice import trainers
-    return getattr(trainers, name)
+    try:
+        return getattr(trainers, name)
+    except AttributeError:
+        if name in _EXTERNAL:
+            return _EXTERNAL[name]
+    return find_with_nnunet(name)
+
+
+def find_with_nnunet(name: str) -> type:
+    """nnU-Net's trainer lookup (its own trainers, then the ``nnUNet_extTrainer`` folders), without its prints.
+
+    Raises:
+        AttributeError: nnU-Net finds no trainer of that name.
+    """
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return recursive_find_trainer_class_by_name(name)
+        except (RuntimeError, AssertionError) as e:
+            raise AttributeError(f"nnU-Net cannot find trainer {name!r}: {str(e).splitlines()[0]}") from None
 
 
 copyreg.pickle(PluginTrainerMeta, lambda cls: (trainer_by_name, (cls.__name__,)))
@@ -41,6 +82,8 @@ class PluginTrainer(_nnUNetTrainer, metaclass=PluginTrainerMeta):
 
     #: options accepted as name tokens (see :mod:`nnunet_pmdice.trainers.naming`)
     name_options = BUDGET_OPTIONS
+    #: option -> help text where the trainer's loss gives a token its own meaning
+    option_help: Mapping[str, str] = {}
     #: options chosen in the name of the class made from a name; empty on the named base classes
     chosen_options: Mapping[str, object] = {}
 
@@ -58,16 +101,18 @@ class PluginTrainer(_nnUNetTrainer, metaclass=PluginTrainerMeta):
 
 
 class PluginLossTrainer(PluginTrainer):
-    """A trainer that differs from ``nnUNetTrainer`` only in its loss, named by ``loss_kind``."""
+    """A trainer whose loss is a row of :mod:`.loss_table`, named by ``loss_kind``; everything else is its
+    other base's (``nnUNetTrainer``, or any trainer given a loss by :func:`~nnunet_pmdice.trainers.with_loss`)."""
 
     loss_kind: str = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.loss_kind:
+        if cls.loss_kind and "loss_kind" in vars(cls):
             if cls.loss_kind not in RECIPES:
                 raise TypeError(f"{cls.__name__}: unknown loss_kind {cls.loss_kind!r}")
             cls.name_options = RECIPES[cls.loss_kind].options + BUDGET_OPTIONS
+            cls.option_help = dict(RECIPES[cls.loss_kind].help)
 
     def _build_loss(self):
         return build_trainer_loss(self)
