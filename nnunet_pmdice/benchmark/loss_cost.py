@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.benchmark.utils.timer import timer as synced_clock
 
-from .._atomic import write_json, write_text
+from ..fileio import write_json, write_text
 
 SHAPES: Dict[str, Tuple[int, ...]] = {
     "2D 12x4x256x256": (12, 4, 256, 256),

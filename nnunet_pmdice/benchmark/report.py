@@ -18,14 +18,13 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .._atomic import building_folder, write_json, write_text
+from ..fileio import building_folder, read_json, write_json, write_text
 from ..evaluation.aggregate import CASE_COLUMNS, METRIC_TITLES, combine_runs, markdown_table, object_table_columns, \
     read_case_csv, table_rows, write_csv
 from ..evaluation.evaluate import OBJECT_TABLE_NOTE
@@ -70,7 +69,7 @@ def gather(trainers: Sequence[str], runs: int, finished: Mapping[Tuple[str, int]
                 if not (folder / "evaluation" / name).is_file():
                     raise FileNotFoundError(f"{folder} is marked finished (done.json) but has no evaluation/{name}; "
                                             f"delete its done.json to evaluate it again")
-            summaries.append(json.loads((folder / "evaluation" / "summary.json").read_text()))
+            summaries.append(read_json((folder / "evaluation" / "summary.json")))
             for r in read_case_csv(folder / "evaluation" / "per_case.csv"):
                 case_rows.append({"trainer": trainer, "run": run, **r})
         if summaries:
@@ -121,7 +120,7 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
         say("no finished jobs yet: nothing to tabulate")
         return report
     baseline = settings.baseline if settings.baseline in got.combined else None
-    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset_json = read_json((raw / "dataset.json"))
     unit = nsd_unit(got.summaries, dataset_json["file_ending"])
     table = markdown_table(got.combined, baseline)
     comparison = compare_with_baseline(got, baseline, settings.bootstrap, settings.seed)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shlex
 import shutil
@@ -51,7 +50,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .._atomic import building_folder, write_json
+from ..fileio import building_folder, read_json, write_json
 from ..evaluation.metrics import DEFAULT_TAU
 from ..trainers.naming import is_baseline_name, trainer_budget, with_budget
 from .commands import CommandRunner, StepFailed, nnunet_default_epochs, nnunet_tool
@@ -323,7 +322,7 @@ class Benchmark:
         plans_file = self.pre_root / self.dataset_name / f"{self.s.plans}.json"
         if not plans_file.is_file():
             return False
-        plans = json.loads(plans_file.read_text())
+        plans = read_json(plans_file)
         config = plans.get("configurations", {}).get(self.s.configuration)
         if config is None:
             raise ValueError(f"{plans_file} has no configuration {self.s.configuration!r}; it has "
@@ -331,7 +330,7 @@ class Benchmark:
         data = self.pre_root / self.dataset_name / config.get("data_identifier", f"{self.s.plans}_{self.s.configuration}")
         if not data.is_dir():
             return False
-        expected = json.loads((self.raw / "dataset.json").read_text())["numTraining"]
+        expected = read_json((self.raw / "dataset.json"))["numTraining"]
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         try:
             return len(infer_dataset_class(str(data)).get_identifiers(str(data))) >= expected
@@ -367,7 +366,7 @@ class Benchmark:
             return
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         from nnunetv2.utilities.crossval_split import generate_crossval_split
-        plans = json.loads((self.pre_root / self.dataset_name / f"{self.s.plans}.json").read_text())
+        plans = read_json((self.pre_root / self.dataset_name / f"{self.s.plans}.json"))
         data = self.pre_root / self.dataset_name / plans["configurations"][self.s.configuration]["data_identifier"]
         keys = sorted(infer_dataset_class(str(data)).get_identifiers(str(data)))
         write_json(splits, generate_crossval_split(keys, seed=12345, n_splits=5))  # nnU-Net's own seed and split
@@ -389,7 +388,7 @@ class Benchmark:
     def job_finished(self, job: Job) -> bool:
         if not job.done_file.is_file():
             return False
-        done = json.loads(job.done_file.read_text())
+        done = read_json(job.done_file)
         return done.get("tau") == self.s.tau
 
     def run_job(self, job: Job, gpu: Optional[str] = None) -> None:
@@ -398,7 +397,7 @@ class Benchmark:
         if gpu is not None:
             extra["CUDA_VISIBLE_DEVICES"] = str(gpu)
         logs = job.folder / "logs"
-        timings = {k: json.loads(f.read_text())["seconds"] for k, f in
+        timings = {k: read_json(f)["seconds"] for k, f in
                    (("train_s", logs / "train.ok"), ("predict_s", logs / "predict.ok")) if f.is_file()}
         fold = self.fold_folder(job)
         if not (logs / "train.ok").is_file():
@@ -434,7 +433,7 @@ class Benchmark:
             write_json(logs / "predict.ok", {"seconds": timings["predict_s"]})
         evaluation = job.folder / "evaluation"
         summary_file = evaluation / "summary.json"
-        if not summary_file.is_file() or json.loads(summary_file.read_text()).get("tau") != self.s.tau:
+        if not summary_file.is_file() or read_json(summary_file).get("tau") != self.s.tau:
             from ..evaluation.evaluate import evaluate_folders, write_evaluation
             self.commands.log_in_process(job.tag, ["nnunet-pmdice", "evaluate", str(self.raw / "labelsTs"),
                                                    str(predictions), "--tau", f"{self.s.tau:g}", "-o", str(evaluation)])
@@ -443,7 +442,7 @@ class Benchmark:
             with building_folder(evaluation) as tmp:
                 write_evaluation(result, tmp, title=job.trainer)
             timings["evaluate_s"] = time.time() - start
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file)
         write_json(job.done_file, {"trainer": job.trainer, "run": job.run, "dataset": self.dataset_name,
                                    "configuration": self.s.configuration, "fold": self.s.fold, "plans": self.s.plans,
                                    "tau": self.s.tau, "timings": timings, "mean": summary["mean"],
@@ -456,7 +455,7 @@ class Benchmark:
         fixed = {"dataset": self.dataset_name, "configuration": self.s.configuration, "fold": self.s.fold,
                  "plans": self.s.plans}
         if record.is_file():
-            old = json.loads(record.read_text())
+            old = read_json(record)
             differ = {k: (old.get(k), v) for k, v in fixed.items() if old.get(k) != v}
             if differ:
                 raise ValueError(f"{self.out} holds a benchmark with other settings "

@@ -6,11 +6,12 @@ file ending selects), and the channel files of a case are found as nnU-Net finds
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
+
+from ..fileio import read_json
 
 
 class CaseImageReader:
@@ -32,7 +33,7 @@ class CaseImageReader:
         dj_file = self.raw / "dataset.json"
         if not dj_file.is_file():
             raise FileNotFoundError(f"{dj_file} does not exist")
-        self.dataset_json = json.loads(dj_file.read_text())
+        self.dataset_json = read_json(dj_file, "dataset.json")
         self.ending = self.dataset_json["file_ending"]
         self.images, self.labels = self.raw / images, self.raw / labels
         example = next(iter(sorted(self.labels.glob("*" + self.ending))), None) if self.labels.is_dir() else None
