@@ -173,6 +173,14 @@ def _write_case(kind: str, folder_img: Path, folder_lab: Path, case: str, img: n
 
 
 def dataset_name(dataset_id: int, kind: str, regions: bool = False) -> str:
+    """nnU-Net's folder name of a synthetic dataset; nnU-Net's ``convert_dataset_name_to_id`` reads the id back.
+
+    >>> dataset_name(7, "faintpolyp2d")
+    'Dataset007_SynthFaintPolyp2D'
+
+    Raises:
+        ValueError: unknown kind or an id outside 1-999.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic dataset kind {kind!r}; choose one of {KINDS}")
     if not 1 <= int(dataset_id) <= 999:
@@ -278,6 +286,13 @@ def generate(kind: str, raw_root, dataset_id: int, num_train: int = 20, num_test
     target = raw_root / name
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    if raw_root.is_dir():
+        from batchgenerators.utilities.file_and_folder_operations import subdirs
+        # nnU-Net's convert_id_to_dataset_name needs one name per id (the same prefix search)
+        others = [d for d in subdirs(str(raw_root), prefix=f"Dataset{int(dataset_id):03d}", join=False) if d != name]
+        if others:
+            raise ValueError(f"dataset id {dataset_id} is already used by {', '.join(others)} in {raw_root}; "
+                             f"nnU-Net needs one name per id")
     with building_folder(target) as tmp:
         folders = {k: tmp / k for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
         for f in folders.values():
