@@ -1,10 +1,12 @@
 """Synthetic datasets in nnU-Net raw format, deterministic by seed, with the paper's two problems built in.
 
-Three kinds, one per dataset of the paper:
+Four kinds, one per dataset of the paper plus the situation of its Figure 2:
 
 - ``polyp2d`` (like Kvasir-SEG): 2D RGB PNG, textured background, one large easy object with a soft
-  boundary plus small low-contrast objects (difficulty imbalance, the paper's Figure 2). Labels
-  background / polyp.
+  boundary plus small objects of lower contrast. Labels background / polyp.
+- ``faintpolyp2d`` (the paper's Figure 2, the demo's task): the same images with 2-4 small objects whose
+  contrast is below the background's texture: large easy pixels beside small hard ones (difficulty
+  imbalance). Settings in :data:`POLYP_PARAMS`, changeable with ``params``.
 - ``cardiac3d`` (like ACDC): 3D NIfTI with anisotropic spacing (slices 5 mm apart, 1.5 mm in plane),
   a cavity (LV) inside a ring (MYO) plus a crescent beside them (RV): nested structures of unequal
   size. Labels background / RV / MYO / LV. ``regions=True`` writes it as an nnU-Net region dataset
@@ -16,18 +18,20 @@ Every kind writes ``imagesTr``/``labelsTr`` (training cases), ``imagesTs``/``lab
 test cases, never read by nnU-Net), and ``dataset.json`` through nnU-Net's ``generate_dataset_json``,
 building in a temporary folder and moving it into place when complete. The same arguments (seed
 included) give the same images and labels; ``dataset.json`` records them under ``synthetic``, with
-the measured foreground fraction of every class over all cases.
+the measured foreground fraction of every class over all cases and the objects of every class counted
+by size (:func:`count_objects`).
 
 Foreground fractions at the default sizes (seed 0, 50 cases; ``generate(kind, out, 100,
 num_train=40, num_test=10)``, read from ``dataset.json``):
 
-==========  =================  ====================================================================
-kind        size               foreground fraction of the voxels
-==========  =================  ====================================================================
-polyp2d     96 x 96            polyp 11.4% (2-4 objects per image; the small ones hold ~10% of it)
-cardiac3d   10 x 48 x 48       RV 4.6%, MYO 3.9%, LV 3.6%
-lesion3d    24 x 48 x 48       lesion 0.04% (MSSEG-like severe imbalance)
-==========  =================  ====================================================================
+============  =================  ====================================================================
+kind          size               foreground fraction of the voxels
+============  =================  ====================================================================
+polyp2d       96 x 96            polyp 11.4% (2-4 objects per image; the small ones hold ~10% of it)
+faintpolyp2d  64 x 64            polyp 12.5% (160 objects of 10-99 pixels, 50 of 100-999)
+cardiac3d     10 x 48 x 48       RV 4.6%, MYO 3.9%, LV 3.6%
+lesion3d      24 x 48 x 48       lesion 0.04% (MSSEG-like severe imbalance)
+============  =================  ====================================================================
 """
 from __future__ import annotations
 
