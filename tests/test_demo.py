@@ -48,15 +48,15 @@ def test_demo_on_the_faint_task_writes_table_and_figure2_panels(tmp_path):
     table = (out / "table.md").read_text()
     assert f"| {T_BASE} (baseline) |" in table and f"| {T_PM} |" in table
     for trainer in (T_BASE, T_PM):
-        png = out / "plots" / f"modulation_{trainer}.png"
+        png = out / "figure2" / f"modulation_{trainer}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", trainer
         losses = json.loads(png.with_suffix(".json").read_text())["cases"]
         assert len(losses) == 2
         for case in losses.values():
             assert 0 <= case["dice_loss"] <= 1 and set(case["pm_dice_loss"]) == {"0.5", "1", "2", "5"}
     # both figures show the same cases (picked from the references alone)
-    assert (json.loads((out / "plots" / f"modulation_{T_BASE}.json").read_text())["cases"].keys()
-            == json.loads((out / "plots" / f"modulation_{T_PM}.json").read_text())["cases"].keys())
+    assert (json.loads((out / "figure2" / f"modulation_{T_BASE}.json").read_text())["cases"].keys()
+            == json.loads((out / "figure2" / f"modulation_{T_PM}.json").read_text())["cases"].keys())
     assert res.stdout.count("[figure]") == 2
     # resuming keeps the figures
     again = demo_cli(["-o", str(out), "--device", "cpu", "--epochs", "1", "--iters", "1", "--num-train", "4",

@@ -6,7 +6,7 @@ It writes everything under one folder (default ``./pmdice_demo``)::
     OUT/nnUNet_preprocessed/...                  nnU-Net's plans and preprocessed data
     OUT/runs/run_<k>/...                         nnU-Net's results, predictions and metrics of run k
     OUT/table.md, OUT/table.csv, OUT/plots/      the comparison
-    OUT/plots/modulation_<trainer>.png           the paper's Figure 2 from run 1's model of each trainer
+    OUT/figure2/modulation_<trainer>.png         the paper's Figure 2 from run 1's model of each trainer
     OUT/commands.log                             every command, to re-run any step by hand
 
 and runs :class:`~nnunet_pmdice.benchmark.runner.Benchmark` with nnU-Net's default trainer (the
@@ -140,7 +140,7 @@ def run_demo(out="pmdice_demo", kind: str = DEMO_KIND, epochs: Optional[int] = N
 
     Then the paper's Figure 2 (:mod:`nnunet_pmdice.figures.modulation`) for run 1's model of every
     trainer, on the ``figure_cases`` test cases with the smallest reference objects
-    (``OUT/plots/modulation_<trainer>.png``; 0 draws none).
+    (``OUT/figure2/modulation_<trainer>.png``; 0 draws none).
 
     Args:
         out: output folder (created; re-running resumes).
@@ -188,7 +188,7 @@ def run_demo(out="pmdice_demo", kind: str = DEMO_KIND, epochs: Optional[int] = N
 
 
 def modulation_figures(bench: Benchmark, trainers: Sequence[str], n_cases: int, device: str, say=print) -> Dict:
-    """``OUT/plots/modulation_<trainer>.png`` for run 1's model of each trainer that finished it (kept if there).
+    """``OUT/figure2/modulation_<trainer>.png`` for run 1's model of each trainer that finished it (kept if there).
 
     Label datasets only (the figure needs softmax probabilities); the same cases for every trainer.
     """
@@ -200,7 +200,7 @@ def modulation_figures(bench: Benchmark, trainers: Sequence[str], n_cases: int, 
     out = {}
     for trainer in trainers:
         job = Job(trainer, 1, bench.out)
-        path = bench.out / "plots" / f"modulation_{trainer}.png"
+        path = bench.out / "figure2" / f"modulation_{trainer}.png"
         if not bench.job_finished(job):
             continue
         if not path.is_file():
