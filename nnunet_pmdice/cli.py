@@ -49,11 +49,11 @@ def _add_synth(sub) -> None:
 
 
 def _add_bench_loss(sub) -> None:
-    from . import loss_benchmark
+    from .benchmark import loss_cost
     p = sub.add_parser("bench-loss", help="time PM Dice against nnU-Net's own losses (forward+backward, memory)",
-                       description=loss_benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    loss_benchmark.add_arguments(p)
-    p.set_defaults(func=loss_benchmark.run)
+                       description=loss_cost.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    loss_cost.add_arguments(p)
+    p.set_defaults(func=loss_cost.run)
 
 
 def _add_convert(sub) -> None:

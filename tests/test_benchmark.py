@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from nnunet_pmdice.benchmark.commands import nnunet_default_epochs
+from nnunet_pmdice.benchmark.report import MIN_SWEEP_POINTS, gamma_sweep, nsd_unit
 from nnunet_pmdice.benchmark.runner import (BenchmarkSettings, check_trainer_names, choose_baseline,
                                             dataset_folder_name, is_baseline_name, trainer_budget, with_budget)
 
@@ -69,6 +71,56 @@ def test_dataset_lookup_errors(tmp_path):
         dataset_folder_name(6, tmp_path)
     with pytest.raises(ValueError, match="-d"):
         dataset_folder_name("abc", tmp_path)
+    # an id must name one dataset across nnU-Net's folders, as nnU-Net's own CLIs require
+    (tmp_path / "pre" / "Dataset005_B").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="more than one dataset with id 5"):
+        dataset_folder_name("5", tmp_path, tmp_path / "pre")
+    with pytest.raises(FileNotFoundError, match="Dataset007_C not found"):
+        dataset_folder_name("Dataset007_C", tmp_path)
+
+
+def test_default_epoch_count_is_read_from_nnunet():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    import inspect
+    assert f"self.num_epochs = {nnunet_default_epochs()}" in inspect.getsource(nnUNetTrainer.__init__)
+
+
+def test_nsd_unit_comes_from_the_evaluation_summary():
+    assert nsd_unit([{"nsd_unit": "mm", "tau_unit": "mm"}], ".png") == "mm"      # recorded: no guess
+    assert nsd_unit([{"tau_unit": "pixels"}], ".nii.gz") == "pixels"             # summaries of earlier versions
+    assert nsd_unit([{}], ".nii.gz") == "mm" and nsd_unit([{}], ".png") == "pixels"
+
+
+# ------------------------------------------------------------------------------------- gamma sweeps
+
+G = "nnUNetTrainerPMDice"
+
+
+@pytest.mark.parametrize("trainers,option,gammas", [
+    (["nnUNetTrainer", f"{G}_g0", f"{G}_g0.5", f"{G}_g1", f"{G}_g2", f"{G}_g5"], "gamma", [0, 0.5, 1, 2, 5]),
+    ([f"{G}_g0.5_3epochs", f"{G}_3epochs", f"{G}_g2_3epochs"], "gamma", [0.5, 1, 2]),       # no token: gamma 1
+    ([f"{G}_g2_bg1", f"{G}_g3_bg1", f"{G}_g4_bg1"], "gamma", [2, 3, 4]),                  # background fixed
+    ([f"{G}_g2_bg0", f"{G}_g2_bg1", f"{G}_g2"], "gamma_bg", [0, 1, 2]),                   # no bg token: bg = gamma
+    ([f"nnUNetTrainerCEPMDice_g{g}" for g in (1, 2, 3)], "gamma", [1, 2, 3]),
+])
+def test_gamma_sweep_detected(trainers, option, gammas):
+    sweep = gamma_sweep(trainers, "nnUNetTrainer")
+    assert sweep is not None and sweep.option == option
+    assert [g for g, _ in sweep.points] == gammas and "nnUNetTrainer" not in [t for _, t in sweep.points]
+
+
+@pytest.mark.parametrize("trainers", [
+    [f"{G}_g1", f"{G}_g2"],                                                   # fewer than MIN_SWEEP_POINTS
+    [f"{G}_g1", f"{G}_g2", "nnUNetTrainerCEPMDice_g3"],                       # another loss
+    [f"{G}_g1", f"{G}_g2", f"{G}_g3_5epochs"],                                # another budget
+    [f"{G}_g1_bg1", f"{G}_g2_bg2", f"{G}_g3_bg1"],                            # gamma and background both move
+    [f"{G}_g1", f"{G}_g1-2", f"{G}_g3"],                                      # a per-channel gamma
+    [f"{G}_g1", f"{G}", f"{G}_g3"],                                           # gamma 1 twice
+    ["nnUNetTrainerDice", "nnUNetTrainerCELoss", "nnUNetTrainerTopKDice"],    # no gamma at all
+])
+def test_no_gamma_sweep(trainers):
+    assert MIN_SWEEP_POINTS == 3
+    assert gamma_sweep(["nnUNetTrainer"] + trainers, "nnUNetTrainer") is None
 
 
 # ------------------------------------------------------------------------ end to end, through the CLIs
@@ -185,3 +237,87 @@ def test_benchmark_needs_held_out_test_cases(tmp_path):
     res = cli(["benchmark", "-d", "321", "-c", "2d", "-tr", "nnUNetTrainerNoSuchThing", "--device", "cpu", "-o",
                str(tmp_path / "out")], env, check=False)
     assert res.returncode == 2 and "nnUNetTrainerNoSuchThing" in res.stderr
+
+
+# ----------------------------------------- the report of a finished benchmark, without training
+
+SWEEP = ["nnUNetTrainer", f"{G}_g0.5", f"{G}_g1", f"{G}_g2"]
+
+
+def fake_predictions(raw: Path, folder: Path, grow: int) -> None:
+    """Predictions made from the test references: each object grown (grow > 0) or shrunk by |grow| pixels."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from scipy import ndimage
+    io_ = NaturalImage2DIO()
+    folder.mkdir(parents=True)
+    for label in sorted((raw / "labelsTs").glob("*.png")):
+        seg, props = io_.read_seg(str(label))
+        mask = seg[0, 0] > 0
+        if grow:
+            op = ndimage.binary_dilation if grow > 0 else ndimage.binary_erosion
+            mask = op(mask, iterations=abs(grow))
+        io_.write_seg(mask[None].astype("uint8"), str(folder / label.name), props)
+
+
+@pytest.fixture(scope="module")
+def finished_benchmark(tmp_path_factory):
+    """A benchmark folder whose jobs are finished, as the runner leaves them (predictions, evaluation,
+    done.json), with predictions made from the references instead of trained models: 2 runs of 4 trainers."""
+    from nnunet_pmdice._atomic import write_json
+    from nnunet_pmdice.evaluation.evaluate import evaluate_folders, write_evaluation
+    from nnunet_pmdice.synthetic import generate
+    root = tmp_path_factory.mktemp("report")
+    env = nnunet_env(root)
+    raw = generate("polyp2d", env["nnUNet_raw"], 322, num_train=2, num_test=6, size=(48, 48), seed=1)
+    out = root / "bench"
+    grow = {SWEEP[0]: -2, SWEEP[1]: -1, SWEEP[2]: 0, SWEEP[3]: 1}
+    for run in (1, 2):
+        for trainer in SWEEP:
+            job = out / "runs" / f"run_{run}" / trainer
+            fake_predictions(raw, job / "predictions", grow[trainer] + (run == 2 and trainer == SWEEP[0]))
+            write_evaluation(evaluate_folders(raw / "labelsTs", job / "predictions", tau=1.0, progress=False),
+                             job / "evaluation", title=trainer)
+            write_json(job / "done.json", {"trainer": trainer, "run": run, "tau": 1.0})
+    res = cli(["benchmark", "-d", "322", "-c", "2d", "-tr", *SWEEP, "--runs", "2", "--device", "cpu", "-o", str(out),
+               "--report-only", "--bootstrap", "2000", "--seed", "7"], env)
+    return out, res
+
+
+def test_report_compares_each_trainer_with_the_baseline_on_the_same_cases(finished_benchmark):
+    import csv
+    out, res = finished_benchmark
+    summary = json.loads((out / "summary.json").read_text())
+    comparison = summary["comparison"]
+    assert comparison["baseline"] == "nnUNetTrainer" and set(comparison["contenders"]) == set(SWEEP[1:])
+    assert comparison["runs"] == {t: 2 for t in SWEEP}
+    assert comparison["method"]["n_resamples"] == 2000 and comparison["method"]["seed"] == 7
+    # the difference is the mean over cases of (per-case mean over runs) - (the baseline's), from per_case.csv
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    def per_case(t):
+        cases = sorted({r["case"] for r in rows})
+        return [sum(float(r["dice"]) for r in rows if r["trainer"] == t and r["case"] == c) / 2 for c in cases]
+    base, pm = per_case("nnUNetTrainer"), per_case(f"{G}_g1")
+    entry = comparison["contenders"][f"{G}_g1"]["metrics"]["dice"]
+    assert entry["n_cases"] == 6 and entry["mean_diff"] == pytest.approx(sum(pm) / 6 - sum(base) / 6)
+    assert entry["wins"] == 6 and entry["ci_low"] > 0                  # exact references beat eroded ones
+    table = (out / "table.md").read_text()
+    assert "Difference from the baseline" in table and "Wilcoxon signed-rank" in table
+    assert f"**{G}_g1** vs **nnUNetTrainer** (baseline): 6 paired test cases; runs: 2 vs 2" in table
+    assert "--bootstrap" not in res.stderr and f"{G}_g1 vs nnUNetTrainer:" in res.stdout
+    for png in ("metrics.png", "per_case.png", "overlays.png", "forest.png", "gamma_sweep.png"):
+        data = (out / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+
+def test_report_without_a_gamma_sweep_draws_no_gamma_plot(finished_benchmark, tmp_path):
+    finished, _ = finished_benchmark
+    env = nnunet_env(finished.parent)
+    out = tmp_path / "bench"
+    shutil.copytree(finished, out)
+    res = cli(["benchmark", "-d", "322", "-c", "2d", "-tr", *SWEEP[:3], "--runs", "2", "--device", "cpu", "-o",
+               str(out), "--report-only", "--bootstrap", "500"], env)
+    assert "plot_gamma_sweep" not in res.stdout and "plot_forest" in res.stdout
+    assert not (out / "plots" / "gamma_sweep.png").exists()          # the earlier report's plot is gone
+    assert (out / "plots" / "forest.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["comparison"]["contenders"]) == set(SWEEP[1:3])

@@ -1,6 +1,16 @@
-"""The benchmark: nnU-Net's own CLIs train and predict, the paper's metrics compare (``nnunet-pmdice benchmark``).
+"""The training benchmark: nnU-Net's own CLIs train and predict, the paper's metrics compare (``nnunet-pmdice benchmark``).
 
-For every independent run ``k`` and trainer ``T`` (a *job*)::
+A benchmark job is one trainer ``T`` in one independent run ``k``; following it from the command to the table
+takes three files:
+
+- this module: the command line (:func:`add_parser`, :func:`run_cli`), the settings
+  (:class:`BenchmarkSettings`), the jobs and their resume rules (:class:`Job`, :meth:`Benchmark.run_job`)
+  and the scheduling of jobs on processes and GPUs (:meth:`Benchmark.run`);
+- :mod:`.commands`: how each nnU-Net command runs and is logged (:class:`~.commands.CommandRunner`);
+- :mod:`.report`: the table, the comparison with the baseline and the plots from every finished job
+  (:func:`~.report.write_report`).
+
+Each job runs::
 
     nnUNetv2_train ID CONFIG FOLD -tr T -p PLANS -device D           (nnUNet_results=OUT/runs/run_k/nnUNet_results)
     nnUNetv2_predict -i nnUNet_raw/DATASET/imagesTs -o OUT/runs/run_k/T/predictions ...
@@ -26,93 +36,47 @@ gives each job one GPU of the list through ``CUDA_VISIBLE_DEVICES``. On several 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Queue
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .._atomic import building_folder, write_json, write_text
-from ..evaluation.aggregate import CASE_COLUMNS, combine_runs, markdown_table, read_case_csv, table_rows, write_csv
+from .._atomic import building_folder, write_json
 from ..evaluation.metrics import DEFAULT_TAU
+from ..trainers.naming import is_baseline_name, trainer_budget, with_budget
+from .commands import CommandRunner, StepFailed, nnunet_default_epochs, nnunet_tool
+from .report import DEFAULT_BOOTSTRAP, write_report
 
-_BUDGET_TOKEN = re.compile(r"^(\d+)(epochs?|iters)$")
-_EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")
-
-#: environment variables a benchmark command depends on (logged with every command)
-LOGGED_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc", "nnUNet_n_proc_DA",
-              "nnUNet_compile", "CUDA_VISIBLE_DEVICES", "nnUNet_extTrainer", "OMP_WAIT_POLICY")
-
-
-def nnunet_tool(name: str) -> str:
-    """The path of an nnU-Net command installed beside this Python (a virtual environment that was not
-    activated has its commands off ``PATH``), else the bare name, looked up on ``PATH``."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.is_file() else name
-
-
-class StepFailed(RuntimeError):
-    """An nnU-Net command of a job exited with an error."""
+__all__ = ["Benchmark", "BenchmarkSettings", "Job", "StepFailed", "check_trainer_names", "choose_baseline",
+           "dataset_folder_name", "is_baseline_name", "nnunet_tool", "trainer_budget", "with_budget",
+           "add_parser", "run_cli"]
 
 
 # ------------------------------------------------------------------------------------------ trainer names
-
-def trainer_budget(name: str) -> Tuple[Optional[int], Optional[int]]:
-    """``(epochs, iterations per epoch)`` set by a trainer name's budget tokens; None where the name sets none.
-
-    >>> trainer_budget("nnUNetTrainerPMDice_g2_50epochs_100iters")
-    (50, 100)
-    >>> trainer_budget("nnUNetTrainer_1epoch")
-    (1, None)
-    """
-    epochs = iters = None
-    for token in name.split("_")[1:]:
-        m = _BUDGET_TOKEN.match(token)
-        if m and m.group(2).startswith("epoch"):
-            epochs = int(m.group(1))
-        elif m:
-            iters = int(m.group(1))
-    return epochs, iters
-
-
-def with_budget(name: str, epochs: Optional[int] = None, iters: Optional[int] = None) -> str:
-    """``name`` with ``_<epochs>epochs`` / ``_<iters>iters`` appended (the budget tokens of the name grammar)."""
-    have_epochs, have_iters = trainer_budget(name)
-    for value, have, what in ((epochs, have_epochs, "epochs"), (iters, have_iters, "iters")):
-        if value is not None:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{what} must be an integer >= 1, got {value!r}")
-            if have is not None:
-                raise ValueError(f"trainer {name!r} already sets its {what}; give the budget either in the "
-                                 f"names or with --{what}, not both")
-    return name + (f"_{epochs}epochs" if epochs else "") + (f"_{iters}iters" if iters else "")
-
-
-def is_baseline_name(name: str) -> bool:
-    """True for nnU-Net's default trainer, with or without budget tokens (``nnUNetTrainer_50epochs``)."""
-    return name == "nnUNetTrainer" or (name.startswith("nnUNetTrainer_") and
-                                       all(_BUDGET_TOKEN.match(t) for t in name.split("_")[1:]))
-
+# The budget tokens (``_<n>epochs``, ``_<n>iters``) are the trainer-name grammar's: trainer_budget,
+# with_budget and is_baseline_name come from nnunet_pmdice.trainers.naming.
 
 def check_trainer_names(names: Sequence[str]) -> None:
     """Fails fast, before any training, on a trainer name nnU-Net will not find.
 
     Names of plugin trainers are checked against the name grammar; other names through nnU-Net's own
     trainer lookup (which imports every trainer module nnU-Net ships).
-    """
-    import contextlib
-    import io
 
+    Raises:
+        ValueError: a name nnU-Net cannot use or find (the message names it and, for plugin trainers,
+            the options its base accepts).
+    """
     from ..trainers import BASE_TRAINERS, NNUNET_BASES, trainer_class_for_name
 
     for name in names:
@@ -135,6 +99,12 @@ def choose_baseline(trainers: Sequence[str], baseline: Optional[str] = None) -> 
 
     Without ``baseline``: the first name that is nnU-Net's default trainer (with or without budget
     tokens); if there is none, ``nnUNetTrainer`` with the budget tokens of the first trainer is added.
+
+    >>> choose_baseline(["nnUNetTrainerPMDice_5epochs"])
+    (['nnUNetTrainer_5epochs', 'nnUNetTrainerPMDice_5epochs'], 'nnUNetTrainer_5epochs')
+
+    Raises:
+        ValueError: no trainer given.
     """
     trainers = list(dict.fromkeys(trainers))
     if not trainers:
@@ -145,6 +115,59 @@ def choose_baseline(trainers: Sequence[str], baseline: Optional[str] = None) -> 
         epochs, iters = trainer_budget(trainers[0])
         baseline = with_budget("nnUNetTrainer", epochs, iters)
     return [baseline] + [t for t in trainers if t != baseline], baseline
+
+
+# ------------------------------------------------------------------------------------------ dataset name
+
+@contextlib.contextmanager
+def _nnunet_folders(**folders: Optional[Path]) -> Iterator[None]:
+    """nnU-Net's folder variables set to ``folders`` (None: unset) while nnU-Net's own lookups run.
+
+    nnU-Net reads them from ``os.environ`` at each lookup; the benchmark's environment may differ
+    from this process's (the demo sets its own folders). Not for use from several threads.
+    """
+    saved = {k: os.environ.get(k) for k in folders}
+    try:
+        for k, v in folders.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dataset_folder_name(dataset, raw_root: Path, preprocessed_root: Optional[Path] = None) -> str:
+    """``Dataset<id>_<name>`` for an id (``500``) or a full name, as nnU-Net's CLIs resolve it.
+
+    The lookup is nnU-Net's ``maybe_convert_to_dataset_name`` over ``raw_root`` (and
+    ``preprocessed_root``, where an id must name the same dataset, as nnU-Net requires).
+
+    Raises:
+        ValueError: ``dataset`` is neither an id nor a ``Dataset...`` name.
+        FileNotFoundError: no dataset (or more than one) with that id, or the named one is not in ``raw_root``.
+    """
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    text = str(dataset)
+    if not (text.startswith("Dataset") or text.isdigit()):
+        raise ValueError(f"-d must be a dataset id (e.g. 500) or a name Dataset500_..., got {text!r}")
+    with _nnunet_folders(nnUNet_raw=raw_root, nnUNet_preprocessed=preprocessed_root, nnUNet_results=None):
+        try:
+            name = str(maybe_convert_to_dataset_name(text))
+        except RuntimeError as e:
+            what = "more than one dataset" if str(e).startswith("More than one") else "no dataset"
+            raise FileNotFoundError(f"{what} with id {int(text)} in nnUNet_raw={raw_root}"
+                                    f"{f' / nnUNet_preprocessed={preprocessed_root}' if preprocessed_root else ''} "
+                                    f"(nnU-Net: {str(e).splitlines()[0]})") from None
+    if not (Path(raw_root) / name).is_dir():
+        raise FileNotFoundError(f"dataset {name} not found in nnUNet_raw={raw_root}")
+    return name
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -159,6 +182,7 @@ class BenchmarkSettings:
         configuration: nnU-Net configuration (``2d``, ``3d_fullres``, ...).
         trainers: trainer names, baseline first (see :func:`choose_baseline`).
         out: output folder.
+        baseline: the row every other trainer is compared with (default: the first trainer).
         runs: independent runs (trainings from scratch) per trainer.
         fold: nnU-Net fold to train: ``all`` (every training case; the default) or ``0``-``4``.
         plans: plans identifier (``-p``).
@@ -169,6 +193,11 @@ class BenchmarkSettings:
         only_runs: run only these run ids (1-based), e.g. to share the runs between machines.
         overlay_cases: test cases shown in the overlay figure.
         preprocess_processes: ``-np`` of ``nnUNetv2_plan_and_preprocess``.
+        bootstrap: bootstrap resamples of the paired comparison with the baseline.
+        seed: seed of the bootstrap.
+
+    Raises:
+        ValueError: a setting out of range (the message names its command-line option).
     """
 
     dataset: str
@@ -186,6 +215,8 @@ class BenchmarkSettings:
     only_runs: List[int] = field(default_factory=list)
     overlay_cases: int = 4
     preprocess_processes: int = 2
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    seed: int = 0
 
     def __post_init__(self):
         if not isinstance(self.runs, int) or self.runs < 1:
@@ -204,6 +235,10 @@ class BenchmarkSettings:
             raise ValueError(f"--only-runs {bad} outside 1..{self.runs} (--runs {self.runs})")
         if not (self.tau >= 0 and self.tau != float("inf")):
             raise ValueError(f"--tau must be a finite number >= 0, got {self.tau}")
+        if not isinstance(self.bootstrap, int) or self.bootstrap < 100:
+            raise ValueError(f"--bootstrap must be an integer >= 100, got {self.bootstrap!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"--seed must be an integer, got {self.seed!r}")
         if not self.trainers:
             raise ValueError("give at least one trainer (-tr)")
         self.baseline = self.baseline or self.trainers[0]
@@ -242,7 +277,7 @@ class Job:
 
 
 class Benchmark:
-    """Runs the jobs of :class:`BenchmarkSettings` and writes the table and plots.
+    """Runs the jobs of :class:`BenchmarkSettings` and writes the report (:func:`.report.write_report`).
 
     Args:
         settings: what to run.
@@ -251,6 +286,10 @@ class Benchmark:
             and (for training) ``nnUNet_n_proc_DA=0`` are set unless ``env`` sets them: spawned
             workers each import torch, which costs more than they save on small CPU runs.
         echo: where progress lines go (default stdout).
+
+    Raises:
+        ValueError: ``nnUNet_raw`` or ``nnUNet_preprocessed`` is not set.
+        FileNotFoundError: the dataset, or its ``imagesTs`` / ``labelsTs``, does not exist.
     """
 
     def __init__(self, settings: BenchmarkSettings, env: Optional[Mapping[str, str]] = None, echo=None):
@@ -263,7 +302,7 @@ class Benchmark:
                 raise ValueError(f"set the environment variable {var} (nnU-Net's {var.split('_')[1]} folder)")
         self.raw_root = Path(self.env["nnUNet_raw"])
         self.pre_root = Path(self.env["nnUNet_preprocessed"])
-        self.dataset_name = dataset_folder_name(settings.dataset, self.raw_root)
+        self.dataset_name = dataset_folder_name(settings.dataset, self.raw_root, self.pre_root)
         self.raw = self.raw_root / self.dataset_name
         for sub in ("imagesTs", "labelsTs"):
             if not (self.raw / sub).is_dir():
@@ -275,66 +314,18 @@ class Benchmark:
             # nnU-Net gives torch one thread per core on -device cpu; spinning OpenMP waits slow every other
             # process down (measured in tests/conftest.py)
             self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self._log_lock = threading.Lock()
+        self.commands = CommandRunner(self.out, self.env, progress_bars=self.s.jobs == 1)
         self._print_lock = threading.Lock()
         self.failures: List[Tuple[Job, str]] = []
-
-    # -------------------------------------------------------------------------------- logging, commands
 
     def _say(self, msg: str) -> None:
         with self._print_lock:
             self.echo(msg)
 
-    def _log(self, text: str) -> None:
-        with self._log_lock:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "commands.log", "a", encoding="utf-8") as f:
-                f.write(text.rstrip("\n") + "\n")
-
     def run_command(self, cmd: List[str], extra_env: Mapping[str, str], log_file: Path, tag: str,
                     epochs: Optional[int] = None) -> float:
-        """Runs one command, its output to ``log_file``, the command to ``commands.log``; returns seconds.
-
-        Raises :class:`StepFailed` (with the end of the output) when it exits with an error.
-        """
-        env = {**self.env, **extra_env}
-        shown_env = " ".join(f"{k}={shlex.quote(env[k])}" for k in LOGGED_ENV if env.get(k))
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log(f"# {stamp} [{tag}]\n{shown_env} {shlex.join(cmd)}")
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        tail: deque = deque(maxlen=40)
-        bar = None
-        if epochs and self.s.jobs == 1:
-            from tqdm import tqdm
-            bar = tqdm(total=epochs, desc=f"  {tag}: epochs", unit="epoch", disable=None, leave=False)
-        proc = None
-        try:
-            with open(log_file, "w", encoding="utf-8") as log:
-                log.write(f"# {shown_env} {shlex.join(cmd)}\n")
-                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        cwd=str(self.out), bufsize=1)
-                for line in proc.stdout:
-                    log.write(line)
-                    tail.append(line)
-                    if bar is not None:
-                        m = _EPOCH_LINE.search(line)
-                        if m:
-                            bar.update(int(m.group(1)) - bar.n)
-                rc = proc.wait()
-        except FileNotFoundError:
-            raise StepFailed(f"{cmd[0]} not found: is nnunetv2 installed in this environment?") from None
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if bar is not None:
-                bar.close()
-        seconds = time.time() - start
-        self._log(f"# [{tag}] exit {rc} after {seconds:.1f} s")
-        if rc != 0:
-            raise StepFailed(f"{tag}: {cmd[0]} exited with {rc} (log: {log_file}):\n" + "".join(tail)[-3000:])
-        return seconds
+        """Runs one nnU-Net command (see :meth:`.commands.CommandRunner.run`); returns its seconds."""
+        return self.commands.run(cmd, extra_env, log_file, tag, epochs)
 
     # ------------------------------------------------------------------------------------ preprocessing
 
@@ -393,7 +384,8 @@ class Benchmark:
         write_json(splits, generate_crossval_split(keys, seed=12345, n_splits=5))  # nnU-Net's own seed and split
 
     def dataset_id(self) -> str:
-        return str(int(self.dataset_name[len("Dataset"):len("Dataset") + 3]))
+        from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+        return str(convert_dataset_name_to_id(self.dataset_name))
 
     # ------------------------------------------------------------------------------------------- jobs
 
@@ -431,7 +423,7 @@ class Benchmark:
                    "-p", self.s.plans, "-device", self.s.device] + (["--c"] if resume else [])
             self._say(f"[{job.tag}] train{' (continuing from its checkpoint)' if resume else ''} "
                       f"(log: {logs / 'train.log'})")
-            epochs = trainer_budget(job.trainer)[0] or 1000
+            epochs = trainer_budget(job.trainer)[0] or nnunet_default_epochs()
             timings["train_s"] = self.run_command(cmd, train_env, logs / "train.log", job.tag, epochs=epochs)
             if not (fold / "checkpoint_final.pth").is_file():
                 raise StepFailed(f"{job.tag}: nnUNetv2_train exited with 0 but wrote no {fold / 'checkpoint_final.pth'}")
@@ -455,9 +447,8 @@ class Benchmark:
         summary_file = evaluation / "summary.json"
         if not summary_file.is_file() or json.loads(summary_file.read_text()).get("tau") != self.s.tau:
             from ..evaluation.evaluate import evaluate_folders, write_evaluation
-            self._log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} [{job.tag}] (in process)\n"
-                      f"nnunet-pmdice evaluate {shlex.quote(str(self.raw / 'labelsTs'))} "
-                      f"{shlex.quote(str(predictions))} --tau {self.s.tau:g} -o {shlex.quote(str(evaluation))}")
+            self.commands.log_in_process(job.tag, ["nnunet-pmdice", "evaluate", str(self.raw / "labelsTs"),
+                                                   str(predictions), "--tau", f"{self.s.tau:g}", "-o", str(evaluation)])
             start = time.time()
             result = evaluate_folders(self.raw / "labelsTs", predictions, tau=self.s.tau, progress=False)
             with building_folder(evaluation) as tmp:
@@ -489,8 +480,8 @@ class Benchmark:
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_out_folder()
         if not report_only:
-            self._log(f"# ==== {time.strftime('%Y-%m-%d %H:%M:%S')} nnunet-pmdice benchmark: "
-                      f"{shlex.join(sys.argv)}")
+            self.commands.log(f"# ==== {time.strftime('%Y-%m-%d %H:%M:%S')} nnunet-pmdice benchmark: "
+                              f"{shlex.join(sys.argv)}")
             self.prepare()
             jobs = self.jobs()
             todo = [j for j in jobs if not self.job_finished(j)]
@@ -507,6 +498,7 @@ class Benchmark:
         return report
 
     def _run_all(self, todo: List[Job]) -> None:
+        """Runs ``todo`` with ``jobs`` at once; with ``gpus``, each job holds one GPU while it runs."""
         gpus: Optional[Queue] = None
         if self.s.gpus:
             gpus = Queue()
@@ -532,111 +524,11 @@ class Benchmark:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(one, todo))
 
-    # ---------------------------------------------------------------------------------------- report
-
     def report(self) -> Dict:
-        """Table (markdown, CSV), all per-case rows, summary JSON and plots from every finished job."""
-        combined, case_rows, missing = {}, [], []
-        for trainer in self.s.trainers:
-            summaries = []
-            for run in range(1, self.s.runs + 1):
-                job = Job(trainer, run, self.out)
-                if not self.job_finished(job):
-                    missing.append(job.tag)
-                    continue
-                summaries.append(json.loads((job.folder / "evaluation" / "summary.json").read_text()))
-                for r in read_case_csv(job.folder / "evaluation" / "per_case.csv"):
-                    case_rows.append({"trainer": trainer, "run": run, **r})
-            if summaries:
-                combined[trainer] = combine_runs(summaries)
-        report = {"dataset": self.dataset_name, "configuration": self.s.configuration, "fold": self.s.fold,
-                  "tau": self.s.tau, "baseline": self.s.baseline, "trainers": combined, "unfinished": missing}
-        if not combined:
-            self._say("no finished jobs yet: nothing to tabulate")
-            return report
-        baseline = self.s.baseline if self.s.baseline in combined else None
-        table = markdown_table(combined, baseline)
-        paths = {"table": self.out / "table.md", "table_csv": self.out / "table.csv",
-                 "per_case": self.out / "per_case.csv", "summary": self.out / "summary.json"}
-        unit = "pixels" if json.loads((self.raw / "dataset.json").read_text())["file_ending"] in (
-            ".png", ".bmp", ".tif") else "mm"
-        write_text(paths["table"], f"{table}\nDataset {self.dataset_name}, configuration {self.s.configuration}, "
-                                   f"fold {self.s.fold}; test cases: {self.raw / 'imagesTs'}; NSD tau = "
-                                   f"{self.s.tau:g} {unit}; values in %, mean ± std over runs; bold: best.\n")
-        write_csv(paths["table_csv"], table_rows(combined, baseline))
-        write_csv(paths["per_case"], case_rows, ("trainer", "run") + CASE_COLUMNS)
-        write_json(paths["summary"], report)
-        paths.update(self._plots(combined, case_rows))
-        self._say("\n" + table)
-        if missing:
-            self._say(f"unfinished jobs (not in the table): {', '.join(missing)}")
-        for k, p in paths.items():
-            self._say(f"{k}: {p}")
-        report["paths"] = {k: str(p) for k, p in paths.items()}
-        return report
-
-    def _plots(self, combined: Mapping, case_rows: List[Dict]) -> Dict[str, Path]:
-        from ..evaluation import plots
-        order = list(combined)
-        if self.s.baseline in order:
-            order = [self.s.baseline] + [t for t in order if t != self.s.baseline]
-        folder = self.out / "plots"
-        paths = {"plot_metrics": plots.plot_metrics({t: combined[t] for t in order}, folder / "metrics.png",
-                                                    title=f"{self.dataset_name} ({self.s.configuration}): test set"),
-                 "plot_per_case": plots.plot_case_distribution(case_rows, order, folder / "per_case.png")}
-        overlay = self._overlay_cases(order, case_rows)
-        if overlay:
-            cases, scores = overlay
-            paths["plot_overlays"] = plots.plot_overlays(cases, folder / "overlays.png", scores)
-        return paths
-
-    def _overlay_cases(self, order: List[str], case_rows: List[Dict]):
-        """Cases spread over the baseline's per-case Dice (worst to best), from the first run all trainers finished."""
-        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-        from ..evaluation.plots import case_means, overlay_slice
-
-        run = next((r for r in range(1, self.s.runs + 1)
-                    if all(self.job_finished(Job(t, r, self.out)) for t in order)), None)
-        if run is None or self.s.overlay_cases < 1:
-            return None
-        dice = case_means(case_rows, "dice")
-        ranked = sorted((v if v == v else -1.0, case) for (t, r, case), v in dice.items()
-                        if t == order[0] and r == str(run))
-        n = min(self.s.overlay_cases, len(ranked))
-        picks = [ranked[round(i * (len(ranked) - 1) / max(1, n - 1))][1] for i in range(n)]
-        picks = list(dict.fromkeys(picks))
-        dj = json.loads((self.raw / "dataset.json").read_text())
-        ending = dj["file_ending"]
-        example = next((self.raw / "labelsTs").glob("*" + ending))
-        reader = determine_reader_writer_from_dataset_json(dj, str(example), verbose=False)()
-        cases = []
-        for case in picks:
-            # one file per channel, except natural images (an RGB PNG is one file holding three channels)
-            files = sorted(str(p) for p in (self.raw / "imagesTs").glob(f"{case}_*{ending}")
-                           if re.fullmatch(re.escape(case) + r"_\d{4}" + re.escape(ending), p.name))
-            image, _ = reader.read_images(files)
-            ref, _ = reader.read_seg(str(self.raw / "labelsTs" / f"{case}{ending}"))
-            preds = {t: reader.read_seg(str(Job(t, run, self.out).folder / "predictions" / f"{case}{ending}"))[0]
-                     for t in order}
-            cases.append((case, *overlay_slice(image, ref, preds)))
-        scores = {(t, c): v for (t, r, c), v in dice.items() if r == str(run)}
-        return cases, scores
-
-
-def dataset_folder_name(dataset, raw_root: Path) -> str:
-    """``Dataset<id>_<name>`` for an id (``500``) or a full name, looked up in ``raw_root``."""
-    text = str(dataset)
-    if text.startswith("Dataset"):
-        if not (raw_root / text).is_dir():
-            raise FileNotFoundError(f"dataset {text} not found in nnUNet_raw={raw_root}")
-        return text
-    if not text.isdigit():
-        raise ValueError(f"-d must be a dataset id (e.g. 500) or a name Dataset500_..., got {text!r}")
-    found = sorted(p.name for p in Path(raw_root).glob(f"Dataset{int(text):03d}_*") if p.is_dir())
-    if len(found) != 1:
-        raise FileNotFoundError(f"{'no' if not found else 'more than one'} dataset with id {int(text)} in "
-                                f"nnUNet_raw={raw_root}{': ' + ', '.join(found) if found else ''}")
-    return found[0]
+        """Table, comparison with the baseline, per-case rows, summary and plots from every finished job."""
+        finished = {(t, r): Job(t, r, self.out).folder for t in self.s.trainers for r in range(1, self.s.runs + 1)
+                    if self.job_finished(Job(t, r, self.out))}
+        return write_report(self.out, self.s, self.dataset_name, self.raw, finished, say=self._say)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -647,7 +539,8 @@ def add_parser(sub) -> None:
         "benchmark", help="train trainers with nnU-Net, predict the test cases, tabulate the paper's metrics",
         description="Trains each trainer with nnUNetv2_train (one nnU-Net results folder per independent run), "
                     "predicts imagesTs with nnUNetv2_predict, evaluates against labelsTs and writes the table "
-                    "(baseline first, best per column bold) and plots. Resumable: finished jobs are skipped.")
+                    "(baseline first, best per column bold), the paired comparison of every trainer with the "
+                    "baseline and the plots. Resumable: finished jobs are skipped. Reference: docs/benchmark.md.")
     p.add_argument("-d", required=True, metavar="ID", help="dataset id or name in nnUNet_raw (needs imagesTs/labelsTs)")
     p.add_argument("-c", default="3d_fullres", metavar="CONFIG", help="nnU-Net configuration (default 3d_fullres)")
     p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
@@ -668,17 +561,22 @@ def add_parser(sub) -> None:
     p.add_argument("--only-runs", type=int, nargs="+", default=[], help="run only these run ids (1-based)")
     p.add_argument("--report-only", action="store_true", help="no training: tabulate the finished jobs")
     p.add_argument("--overlay-cases", type=int, default=4, help="test cases in the overlay figure (default 4)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                   help=f"bootstrap resamples of the comparison with the baseline (default {DEFAULT_BOOTSTRAP})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.set_defaults(func=run_cli)
 
 
 def settings_from_args(args, trainers: Optional[List[str]] = None) -> BenchmarkSettings:
+    """The settings of ``nnunet-pmdice benchmark`` arguments (budget tokens added, baseline first)."""
     names = [with_budget(t, args.epochs, args.iters) for t in (trainers or args.tr)]
     baseline_arg = with_budget(args.baseline, args.epochs, args.iters) if args.baseline else None
     names, baseline = choose_baseline(names, baseline_arg)
     return BenchmarkSettings(dataset=str(args.d), configuration=args.c, trainers=names, baseline=baseline,
                              out=args.out, runs=args.runs, fold=str(args.fold), plans=args.plans, device=args.device,
                              tau=args.tau, jobs=args.jobs or max(1, len(args.gpus)), gpus=list(args.gpus),
-                             only_runs=list(args.only_runs), overlay_cases=args.overlay_cases)
+                             only_runs=list(args.only_runs), overlay_cases=args.overlay_cases,
+                             bootstrap=args.bootstrap, seed=args.seed)
 
 
 def warn_unequal_budgets(trainers: Sequence[str], say=print) -> None:

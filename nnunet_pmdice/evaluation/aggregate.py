@@ -6,6 +6,11 @@ independent runs; the per-class Dice of multi-class datasets is shown beside the
 whose value is NaN for a class (both masks empty, see :mod:`.metrics`) do not count for that class;
 a class with no counted case at all is left out of the mean over classes. Across runs the table
 gives mean +- sample standard deviation (``ddof=1``; no std for a single run).
+
+The object-level metrics (:mod:`.objects`) are aggregated the same way (mean over the cases where
+they are defined, then over classes, then over runs) and shown in a second table; ``summarize``
+also pools the object counts over the test set (``objects_pooled``: detected reference objects /
+all reference objects, per class and size bin), the lesion-wise rate most papers report.
 """
 from __future__ import annotations
 
@@ -16,53 +21,96 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .._atomic import write_text
 from .metrics import METRICS
+from .objects import OBJECT_COUNTS, OBJECT_METRICS, SIZE_BINS
 
-#: column titles of the paper's tables
-METRIC_TITLES = {"dice": "mDice", "iou": "mIoU", "nsd": "mNSD", "precision": "mPrec.", "recall": "mRec."}
+#: column titles of the paper's tables, then of the object table
+METRIC_TITLES = {"dice": "mDice", "iou": "mIoU", "nsd": "mNSD", "precision": "mPrec.", "recall": "mRec.",
+                 "obj_recall": "obj. recall", "obj_precision": "obj. prec.", "obj_f1": "obj. F1",
+                 "obj_recall_small": "recall small", "obj_recall_medium": "recall medium",
+                 "obj_recall_large": "recall large"}
 
-#: the columns of a per-case CSV, after any leading key columns (trainer, run)
-CASE_COLUMNS = ("case", "class") + METRICS + ("tp", "fp", "fn", "n_ref", "n_pred")
+#: every aggregated metric: the paper's, then the object-level ones
+ALL_METRICS = METRICS + OBJECT_METRICS
+
+#: the columns of a per-case CSV, after any leading key columns (trainer, run); the object columns
+#: are appended after the paper's so that older readers keep their column positions
+CASE_COLUMNS = ("case", "class") + METRICS + ("tp", "fp", "fn", "n_ref", "n_pred") + OBJECT_METRICS + OBJECT_COUNTS
+
+
+def _num(v) -> float:
+    return float("nan") if v is None or v == "" else float(v)
 
 
 def _mean(values: Iterable[float]) -> float:
-    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    finite = [float(v) for v in values if v is not None and v != "" and not math.isnan(float(v))]
     return sum(finite) / len(finite) if finite else float("nan")
 
 
 def _std(values: Sequence[float]) -> float:
-    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    finite = [float(v) for v in values if v is not None and v != "" and not math.isnan(float(v))]
     if len(finite) < 2:
         return float("nan")
     m = sum(finite) / len(finite)
     return math.sqrt(sum((v - m) ** 2 for v in finite) / (len(finite) - 1))
 
 
+def pooled_objects(case_rows: Sequence[Mapping], class_names: Sequence[str]) -> Dict:
+    """Object counts summed over the cases, per class: ``{class: {n_ref, detected, n_pred, true_pred,
+    recall, precision, n_<bin>, detected_<bin>, recall_<bin>}}`` (ratios NaN where the count is 0)."""
+    out = {}
+    for c in class_names:
+        rows = [r for r in case_rows if r["class"] == c and r.get("obj_n_ref") not in (None, "")]
+        tot = {k: sum(int(r[k]) for r in rows) for k in OBJECT_COUNTS}
+        entry = {"n_ref": tot["obj_n_ref"], "detected": tot["obj_detected"], "n_pred": tot["obj_n_pred"],
+                 "true_pred": tot["obj_true_pred"],
+                 "recall": tot["obj_detected"] / tot["obj_n_ref"] if tot["obj_n_ref"] else float("nan"),
+                 "precision": tot["obj_true_pred"] / tot["obj_n_pred"] if tot["obj_n_pred"] else float("nan")}
+        for name, _, _ in SIZE_BINS:
+            n, d = tot[f"obj_n_{name}"], tot[f"obj_detected_{name}"]
+            entry.update({f"n_{name}": n, f"detected_{name}": d, f"recall_{name}": d / n if n else float("nan")})
+        out[c] = entry
+    return out
+
+
 def summarize(case_rows: Sequence[Mapping], class_names: Sequence[str]) -> Dict:
-    """The paper's aggregate of one set of predictions.
+    """The paper's aggregate of one set of predictions, and that of the object metrics.
 
     Args:
-        case_rows: one row per (case, class) with keys ``case``, ``class`` and the :data:`METRICS`.
+        case_rows: one row per (case, class) with keys ``case``, ``class``, the :data:`METRICS` and,
+            where computed, the object metrics and counts (missing ones count as NaN).
         class_names: the foreground classes, in table order.
 
     Returns:
         ``{"num_cases", "classes", "per_class": {class: {metric: mean over cases}},
-        "counted_cases": {class: n}, "mean": {metric: mean over classes}}``.
+        "counted_cases": {class: n}, "mean": {metric: mean over classes}, "objects_pooled": {class:
+        pooled object counts}}``, for every metric of :data:`ALL_METRICS`.
+
+    Raises:
+        ValueError: if there are no rows or a row names an unknown class.
     """
     if not case_rows:
         raise ValueError("no per-case results to summarize (is the prediction folder empty?)")
     unknown = {r["class"] for r in case_rows} - set(class_names)
     if unknown:
         raise ValueError(f"per-case rows name classes {sorted(unknown)} not in {list(class_names)}")
-    per_class = {c: {m: _mean(r[m] for r in case_rows if r["class"] == c) for m in METRICS} for c in class_names}
-    counted = {c: sum(1 for r in case_rows if r["class"] == c and not math.isnan(float(r["dice"])))
+    per_class = {c: {m: _mean(r.get(m) for r in case_rows if r["class"] == c) for m in ALL_METRICS}
+                 for c in class_names}
+    counted = {c: sum(1 for r in case_rows if r["class"] == c and not math.isnan(_num(r["dice"])))
                for c in class_names}
     return {"num_cases": len({r["case"] for r in case_rows}), "classes": list(class_names),
             "per_class": per_class, "counted_cases": counted,
-            "mean": {m: _mean(per_class[c][m] for c in class_names) for m in METRICS}}
+            "mean": {m: _mean(per_class[c][m] for c in class_names) for m in ALL_METRICS},
+            "objects_pooled": pooled_objects(case_rows, class_names)}
 
 
 def combine_runs(summaries: Sequence[Mapping]) -> Dict:
-    """Mean and sample std over independent runs of :func:`summarize` results (same classes)."""
+    """Mean and sample std over independent runs of :func:`summarize` results (same classes).
+
+    Summaries written before a metric existed (no key) count as NaN for it.
+
+    Raises:
+        ValueError: if there are no summaries or they disagree on the classes.
+    """
     if not summaries:
         raise ValueError("no run summaries to combine")
     classes = list(summaries[0]["classes"])
@@ -75,8 +123,9 @@ def combine_runs(summaries: Sequence[Mapping]) -> Dict:
         return {"mean": _mean(values), "std": _std(values)}
 
     return {"runs": len(summaries), "classes": classes,
-            "mean": {m: both(s["mean"][m] for s in summaries) for m in METRICS},
-            "per_class": {c: {m: both(s["per_class"][c][m] for s in summaries) for m in METRICS} for c in classes}}
+            "mean": {m: both(s["mean"].get(m) for s in summaries) for m in ALL_METRICS},
+            "per_class": {c: {m: both(s["per_class"][c].get(m) for s in summaries) for m in ALL_METRICS}
+                          for c in classes}}
 
 
 def table_columns(classes: Sequence[str]) -> List[tuple]:
@@ -87,20 +136,31 @@ def table_columns(classes: Sequence[str]) -> List[tuple]:
     return cols
 
 
+def object_table_columns(classes: Sequence[str]) -> List[tuple]:
+    """``(title, metric, None)`` of the object table: object recall, precision, F1, recall by size."""
+    return [(METRIC_TITLES[m], m, None) for m in OBJECT_METRICS]
+
+
 def _cell(combined: Mapping, metric: str, cls: Optional[str]) -> Dict[str, float]:
     return combined["mean"][metric] if cls is None else combined["per_class"][cls][metric]
 
 
-def markdown_table(results: Mapping[str, Mapping], baseline: Optional[str] = None, decimals: int = 2) -> str:
+def markdown_table(results: Mapping[str, Mapping], baseline: Optional[str] = None, decimals: int = 2,
+                   columns=table_columns) -> str:
     """The paper's table in markdown: one row per trainer (baseline first), values in %, best per column bold.
 
-    Values are ``mean ± std`` over runs (the std only with two runs or more); with several rows, the
+    Values are ``mean ± std`` over runs ("–" where undefined, e.g. no large object in any case) (the std only with two runs or more); with several rows, the
     best mean of each column (all metrics are higher-is-better) is bold, ties included.
 
     Args:
         results: ``{trainer: combine_runs(...)}``, in row order.
         baseline: the trainer shown first and marked "(baseline)".
         decimals: digits after the point.
+        columns: ``classes -> [(title, metric, class or None)]``; :func:`object_table_columns` gives
+            the object table.
+
+    Raises:
+        ValueError: if there are no results or the baseline is not among them.
     """
     if not results:
         raise ValueError("no results to tabulate")
@@ -110,9 +170,10 @@ def markdown_table(results: Mapping[str, Mapping], baseline: Optional[str] = Non
             raise ValueError(f"baseline {baseline!r} is not among the results {names}")
         names = [baseline] + [n for n in names if n != baseline]
     classes = next(iter(results.values()))["classes"]
-    cols = table_columns(classes)
+    cols = columns(classes)
     fmt = f"{{:.{decimals}f}}"
-    shown = {n: [fmt.format(100 * _cell(results[n], m, c)["mean"]) for _, m, c in cols] for n in names}
+    shown = {n: ["–" if math.isnan(_cell(results[n], m, c)["mean"]) else fmt.format(100 * _cell(results[n], m, c)["mean"])
+                 for _, m, c in cols] for n in names}
     best = []
     for j, (_, m, c) in enumerate(cols):
         finite = [_cell(results[n], m, c)["mean"] for n in names if not math.isnan(_cell(results[n], m, c)["mean"])]
@@ -172,9 +233,10 @@ def read_case_csv(path) -> List[Dict]:
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            for k in METRICS:
-                r[k] = float(r[k]) if r.get(k, "") != "" else float("nan")
-            for k in ("tp", "fp", "fn", "n_ref", "n_pred"):
+            for k in ALL_METRICS:
+                if k in r or k in METRICS:
+                    r[k] = float(r[k]) if r.get(k, "") != "" else float("nan")
+            for k in ("tp", "fp", "fn", "n_ref", "n_pred") + OBJECT_COUNTS:
                 if k in r and r[k] != "":
                     r[k] = int(r[k])
             rows.append(r)

@@ -78,15 +78,20 @@ def _check_masks(ref: np.ndarray, pred: np.ndarray, valid: Optional[np.ndarray])
 
 
 def overlap_counts(ref: np.ndarray, pred: np.ndarray, valid: Optional[np.ndarray] = None) -> Tuple[int, int, int]:
-    """``(tp, fp, fn)`` of two boolean masks of the same shape, counted where ``valid`` is true."""
+    """``(tp, fp, fn)`` of two boolean masks of the same shape, counted where ``valid`` is true.
+
+    Counted by nnU-Net's own ``compute_tp_fp_fn_tn`` (``valid`` false = its ignore mask), so the
+    counts agree with nnU-Net's ``summary.json`` by construction.
+
+    Raises:
+        ValueError: if the masks differ in shape.
+    """
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+
     _check_masks(ref, pred, valid)
-    ref = ref.astype(bool, copy=False)
-    pred = pred.astype(bool, copy=False)
-    if valid is not None:
-        ref = ref & valid
-        pred = pred & valid
-    tp = int(np.count_nonzero(ref & pred))
-    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(ref.astype(bool, copy=False), pred.astype(bool, copy=False),
+                                        None if valid is None else ~valid.astype(bool, copy=False))
+    return int(tp), int(fp), int(fn)
 
 
 def normalized_surface_dice(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], tau: float) -> float:
@@ -163,10 +168,15 @@ def class_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], t
 
 
 def class_mask(segmentation: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
-    """Boolean mask of a label (``int``) or a region (tuple of labels: their union) in a label map."""
-    if isinstance(label_or_region, (tuple, list)):
-        return np.isin(segmentation, np.asarray(label_or_region))
-    return segmentation == label_or_region
+    """Boolean mask of a label (``int``) or a region (tuple of labels: their union) in a label map.
+
+    nnU-Net's ``region_or_label_to_mask``, so classes mean what they mean in nnU-Net's evaluation.
+    """
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
+    if isinstance(label_or_region, list):
+        label_or_region = tuple(label_or_region)
+    return region_or_label_to_mask(segmentation, label_or_region)
 
 
 def squeeze_spatial(seg: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, Tuple[float, ...]]:

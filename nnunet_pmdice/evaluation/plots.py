@@ -3,6 +3,7 @@
 - :func:`plot_metrics`: the table's columns as grouped bars per trainer, with the std over runs as
   error bars;
 - :func:`plot_case_distribution`: per-case Dice and NSD of every trainer (box plot plus the cases);
+- :func:`plot_forest`: paired differences to the baseline with their confidence intervals;
 - :func:`plot_overlays`: a few test cases per trainer with true positives green, false positives
   red and false negatives blue, as in the paper's Figure 5.
 """
@@ -200,6 +201,58 @@ def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.suptitle("green: true positive   red: false positive   blue: false negative", fontsize=9)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_forest(comparison: Mapping, path, title: str = "") -> Path:
+    """Forest plot of a :func:`.stats.paired_comparison`: per metric (rows) and contender (markers), the
+    mean per-case difference to the baseline with its confidence interval, in percentage points.
+
+    A vertical line marks 0 (no difference); filled markers are significant (the comparison's rule).
+
+    Args:
+        comparison: the dict returned by :func:`.stats.paired_comparison`.
+        path: the PNG to write.
+        title: figure title (default: "difference to <baseline>").
+
+    Raises:
+        ValueError: if ``comparison`` is not a paired comparison or holds no contender.
+    """
+    from .stats import TITLES
+
+    if not isinstance(comparison, Mapping) or not comparison.get("contenders") or "metrics" not in comparison:
+        raise ValueError("plot_forest needs the dict returned by paired_comparison, with at least one contender")
+    plt = _pyplot()
+    names = list(comparison["contenders"])
+    metrics = list(comparison["metrics"])
+    step = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.35 * len(metrics) * max(1, len(names)) ** 0.7 + 0.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, name in enumerate(names):
+        colour = colours[k % len(colours)]
+        for i, metric in enumerate(metrics):
+            e = comparison["contenders"][name]["metrics"].get(metric)
+            if e is None or e["mean_diff"] is None:
+                continue
+            y = i + (k - (len(names) - 1) / 2) * step
+            if e["ci_low"] is not None:
+                ax.plot([100 * e["ci_low"], 100 * e["ci_high"]], [y, y], color=colour, lw=2)
+            ax.plot(100 * e["mean_diff"], y, "o", color=colour, mfc=colour if e["significant"] else "white",
+                    ms=6, label=name if i == 0 else None)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(metrics)))
+    ax.set_yticklabels([TITLES.get(m, m) for m in metrics])
+    ax.invert_yaxis()
+    level = round(100 * comparison["method"]["confidence"])
+    ax.set_xlabel(f"contender − {comparison['baseline']} (percentage points; mean over cases, {level}% CI)")
+    ax.grid(axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, loc="best", title="filled: significant", title_fontsize=7)
+    ax.set_title(title or f"Paired difference to {comparison['baseline']}")
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

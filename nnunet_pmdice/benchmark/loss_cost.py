@@ -1,0 +1,468 @@
+"""The loss-cost benchmark: what PM Dice costs next to nnU-Net's own losses (forward+backward time, peak memory).
+
+``nnunet-pmdice bench-loss`` (or ``python scripts/bench_loss.py``) times each loss on the same
+logits and label maps and prints a table with ratios to nnU-Net's losses measured in the same run:
+
+- the Dice-type rows against nnU-Net's ``MemoryEfficientSoftDiceLoss`` (softmax, ``do_bg=False``,
+  smooth 1e-5: what ``nnUNetTrainer`` uses), the compound rows against nnU-Net's ``DC_and_CE_loss``;
+- "PM Dice (plain autograd)" is eq. 5 written the obvious way (``losses.reference``): the "before";
+- deep-supervision rows run the whole list of outputs an nnU-Net plan produces, weighted as nnU-Net does;
+- the training-iteration rows run one full ``nnUNetTrainer.train_step`` (forward, loss, backward,
+  optimiser step) of nnU-Net's default trainer and of ``nnUNetTrainerPMDice`` on the same batch.
+
+Time: median over ``repeat`` runs after ``warmup`` runs, each run timed alone by PyTorch's benchmark clock
+(``torch.utils.benchmark``'s ``timer``, which synchronises the accelerator first). Peak extra memory:
+CUDA from ``torch.cuda.max_memory_allocated`` minus the memory held before the call; CPU from
+PyTorch's memory profiler (``torch.profiler`` with ``profile_memory``): the peak of the running sum of
+the sizes of tensors created minus destroyed during one forward+backward, the input gradient included.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.benchmark.utils.timer import timer as synced_clock
+
+from .._atomic import write_json, write_text
+
+SHAPES: Dict[str, Tuple[int, ...]] = {
+    "2D 12x4x256x256": (12, 4, 256, 256),
+    "2D 2x2x512x512": (2, 2, 512, 512),
+    "3D 2x4x64x128x128": (2, 4, 64, 128, 128),
+    "3D 2x2x128x128x128": (2, 2, 128, 128, 128),
+}
+#: deep-supervision output lists: the full-resolution shape and the number of outputs an nnU-Net plan of
+#: that patch size produces (one per decoder stage: 2D 256x256 -> 7 stages, 3D 64x128x128 -> 6 stages)
+DS_SHAPES: Dict[str, Tuple[Tuple[int, ...], int]] = {
+    "2D-DS 12x4x256x256 (6 outputs)": ((12, 4, 256, 256), 6),
+    "3D-DS 2x4x64x128x128 (5 outputs)": ((2, 4, 64, 128, 128), 5),
+}
+QUICK_SHAPES = {"2D 2x3x64x64": (2, 3, 64, 64), "3D 1x3x16x32x32": (1, 3, 16, 32, 32)}
+QUICK_DS = {"2D-DS 2x3x64x64 (3 outputs)": ((2, 3, 64, 64), 3)}
+
+
+@dataclass
+class LossCase:
+    """One row of the loss table: a loss, made fresh for each shape, and the row it is compared with."""
+
+    name: str
+    baseline: str  # the row this one is compared with ("" for a baseline itself)
+    make: Callable[[], Callable]  # () -> loss(logits, target)
+
+
+def _nnunet_dice():
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=False,
+                                       smooth=1e-5, ddp=False)
+
+
+def _nnunet_dice_bg():
+    """nnU-Net's Dice with the background channel, as PM Dice has it (the paper's eq. 4-5): like for like."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=True,
+                                       smooth=1e-5, ddp=False)
+
+
+def _nnunet_dc_ce():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def _pm(**kw):
+    def make():
+        from nnunet_pmdice.losses import PMDiceLoss
+        return PMDiceLoss(**kw)
+    return make
+
+
+def _pm_compound(cls_name, **kw):
+    def make():
+        from nnunet_pmdice import losses
+        return getattr(losses, cls_name)(**kw)
+    return make
+
+
+def _reference():
+    from nnunet_pmdice.losses.reference import reference_pm_dice
+    return lambda x, t: reference_pm_dice(x, t, gamma=1.0)
+
+
+DICE_BASE = "nnU-Net MemoryEfficientSoftDiceLoss"
+CE_BASE = "nnU-Net DC_and_CE_loss"
+
+
+def default_cases() -> List[LossCase]:
+    cases = [
+        LossCase(DICE_BASE, "", _nnunet_dice),
+        LossCase(CE_BASE, "", _nnunet_dc_ce),
+        LossCase("nnU-Net MemoryEfficientSoftDiceLoss, do_bg=True", DICE_BASE, _nnunet_dice_bg),
+        LossCase("PM Dice gamma 1", DICE_BASE, _pm(gamma=1.0)),
+        LossCase("PM Dice gamma 2, gamma_bg 1", DICE_BASE, _pm(gamma=2.0, gamma_bg=1.0)),
+        LossCase("PM Dice gamma 0.5", DICE_BASE, _pm(gamma=0.5)),
+        LossCase("PM Dice gamma 1, batch Dice", DICE_BASE, _pm(gamma=1.0, batch_dice=True)),
+        LossCase("PM Dice (plain autograd)", DICE_BASE, _reference),
+        LossCase("CE + PM Dice", CE_BASE, _pm_compound("CEPMDiceLoss", gamma=1.0)),
+        LossCase("Focal CE + PM Dice", CE_BASE, _pm_compound("FocalCEPMDiceLoss", gamma=1.0)),
+        LossCase("TopK CE + PM Dice", CE_BASE, _pm_compound("TopKCEPMDiceLoss", gamma=1.0)),
+    ]
+    return cases + _other_package_losses()
+
+
+def _other_package_losses() -> List[LossCase]:
+    """The paper's other Dice-type losses, where the package has them (benchmarked as PM Dice's peers)."""
+    from nnunet_pmdice import losses
+    found = []
+    for cls_name, label in (("TopKDiceLoss", "TopK Dice"), ("ZhaoFocalDiceLoss", "Focal Dice (Zhao)"),
+                            ("LogDiceLoss", "Logarithmic Dice"), ("WangFocalDiceLoss", "Focal Dice (Wang/Prencipe)")):
+        cls = getattr(losses, cls_name, None)
+        if cls is not None:
+            found.append(LossCase(label, DICE_BASE, lambda cls=cls: cls()))
+    return found
+
+
+def _fwd_bwd(loss_fn, logits, target, autocast_dtype):
+    if isinstance(logits, list):
+        for l in logits:
+            l.grad = None
+    else:
+        logits.grad = None
+    ctx = (torch.autocast(logits[0].device.type if isinstance(logits, list) else logits.device.type,
+                          dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext())
+    with ctx:
+        value = loss_fn(logits, target)
+    value.backward()
+    return value
+
+
+def median_seconds(step: Callable[[], object], warmup: int, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls of ``step`` after ``warmup`` calls, each call timed alone.
+
+    The clock is ``torch.utils.benchmark``'s ``timer`` (it synchronises the accelerator before reading
+    the time). Its ``Timer`` class is not used: ``Timer.timeit(n)`` reports the mean of one block of
+    ``n`` calls after warm-up calls of its own, and ``blocked_autorange`` picks the block size itself;
+    this benchmark reports the median of single calls, for a fixed, given number of calls.
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeat):
+        t0 = synced_clock()
+        step()
+        times.append(synced_clock() - t0)
+    return statistics.median(times)
+
+
+def time_fwd_bwd(loss_fn, logits, target, warmup: int, repeat: int, autocast_dtype=None) -> float:
+    """Median seconds of one forward+backward."""
+    return median_seconds(lambda: _fwd_bwd(loss_fn, logits, target, autocast_dtype), warmup, repeat)
+
+
+def peak_extra_memory(loss_fn, logits, target, autocast_dtype=None) -> float:
+    """Bytes: the peak of memory allocated during one forward+backward above what was held before."""
+    device = (logits[0] if isinstance(logits, list) else logits).device
+    leaves = logits if isinstance(logits, list) else [logits]
+    for l in leaves:
+        l.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _fwd_bwd(loss_fn, logits, target, autocast_dtype)
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        _fwd_bwd(loss_fn, logits, target, autocast_dtype)
+    current = peak = 0
+    for _t, action, _key, size in sorted(prof._memory_profile().timeline, key=lambda r: r[0]):
+        name = getattr(action, "name", str(action))
+        if name == "CREATE":
+            current += size
+        elif name == "DESTROY":
+            current -= size
+        peak = max(peak, current)
+    return float(peak)
+
+
+def _inputs(shape, device, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (2 * torch.randn(shape, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    t = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=g).to(device)
+    return x, t
+
+
+def _ds_inputs(shape, n_outputs, device, dtype):
+    xs, ts = [], []
+    x0, t0 = _inputs(shape, device, dtype)
+    for i in range(n_outputs):
+        size = [max(1, s // (2 ** i)) for s in shape[2:]]
+        if i == 0:
+            xs.append(x0)
+            ts.append(t0)
+            continue
+        g = torch.Generator().manual_seed(i)
+        xs.append((2 * torch.randn(shape[0], shape[1], *size, generator=g)).to(device=device, dtype=dtype)
+                  .requires_grad_())
+        ts.append(torch.nn.functional.interpolate(t0.float(), size=size, mode="nearest").long())
+    return xs, ts
+
+
+def _ds_wrap(loss, n):
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
+    return DeepSupervisionWrapper(loss, deep_supervision_weights(n))
+
+
+def run_loss_benchmark(shapes: Dict[str, Tuple[int, ...]], ds_shapes: Dict[str, Tuple[Tuple[int, ...], int]],
+                       cases: Sequence[LossCase], device: torch.device, warmup: int = 2, repeat: int = 10,
+                       autocast_dtype=None, compile_losses: bool = False, memory: bool = True,
+                       progress: bool = True) -> List[dict]:
+    from tqdm import tqdm
+    jobs = [(label, shape, None) for label, shape in shapes.items()]
+    jobs += [(label, shape, n) for label, (shape, n) in ds_shapes.items()]
+    rows = []
+    bar = tqdm(total=len(jobs) * len(cases), desc="losses", unit="run", disable=not progress)
+    for label, shape, n_ds in jobs:
+        if n_ds is None:
+            logits, target = _inputs(shape, device, torch.float32)
+        else:
+            logits, target = _ds_inputs(shape, n_ds, device, torch.float32)
+        for case in cases:
+            bar.set_postfix_str(f"{label}: {case.name}")
+            loss = case.make()
+            if isinstance(loss, torch.nn.Module):
+                loss = loss.to(device)
+            if n_ds is not None:
+                if not isinstance(loss, torch.nn.Module):
+                    bar.update()
+                    continue  # the plain-autograd reference is a function; DS rows use modules
+                loss = _ds_wrap(loss, n_ds)
+            fn = torch.compile(loss) if compile_losses else loss
+            seconds = time_fwd_bwd(fn, logits, target, warmup, repeat, autocast_dtype)
+            mem = peak_extra_memory(fn, logits, target, autocast_dtype) if memory else float("nan")
+            rows.append(dict(shape=label, loss=case.name, baseline=case.baseline, ms=seconds * 1e3,
+                             peak_mib=mem / 2 ** 20))
+            bar.update()
+        del logits, target
+    bar.close()
+    _add_ratios(rows)
+    return rows
+
+
+def _add_ratios(rows: List[dict]) -> None:
+    index = {(r["shape"], r["loss"]): r for r in rows}
+    for r in rows:
+        base = index.get((r["shape"], r["baseline"]))
+        r["time_ratio"] = r["ms"] / base["ms"] if base else float("nan")
+        r["mem_ratio"] = (r["peak_mib"] / base["peak_mib"] if base and base["peak_mib"] > 0
+                          else float("nan"))
+
+
+# -- one full training iteration ---------------------------------------------------------------------------
+def _plans(patch, batch_size, n_stages, features, dim):
+    conv = "torch.nn.modules.conv.Conv3d" if dim == 3 else "torch.nn.modules.conv.Conv2d"
+    norm = ("torch.nn.modules.instancenorm.InstanceNorm3d" if dim == 3
+            else "torch.nn.modules.instancenorm.InstanceNorm2d")
+    strides = [[1] * dim] + [[2] * dim] * (n_stages - 1)
+    config = {
+        "data_identifier": "bench", "preprocessor_name": "DefaultPreprocessor", "batch_size": batch_size,
+        "patch_size": list(patch), "median_image_size_in_voxels": list(patch), "spacing": [1.0] * dim,
+        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape", "resampling_fn_probabilities_kwargs": {},
+        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                         "arch_kwargs": {"n_stages": n_stages, "features_per_stage": features, "conv_op": conv,
+                                         "kernel_sizes": [[3] * dim] * n_stages, "strides": strides,
+                                         "n_conv_per_stage": [2] * n_stages,
+                                         "n_conv_per_stage_decoder": [2] * (n_stages - 1), "conv_bias": True,
+                                         "norm_op": norm, "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                                         "dropout_op": None, "dropout_op_kwargs": None,
+                                         "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+                         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": True,
+    }
+    return {"dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": [1.0] * 3, "original_median_shape_after_transp": [1] + list(patch),
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": {"bench": config}, "experiment_planner_used": "ExperimentPlanner",
+            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {}}
+
+
+def _ready_trainer(name: str, plans: dict, dataset_json: dict, device: torch.device):
+    """A real trainer set up as ``initialize()`` does it, minus the on-disk dataset lookup (there is none)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        cls = recursive_find_trainer_class_by_name(name)
+        tr = cls(plans=dict(plans, continue_training=False), configuration="bench", fold=0,
+                 dataset_json=dataset_json, device=device)
+        tr.num_input_channels = determine_num_input_channels(tr.plans_manager, tr.configuration_manager, dataset_json)
+        tr.network = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, tr.num_input_channels,
+                                                   tr.label_manager.num_segmentation_heads,
+                                                   tr.enable_deep_supervision).to(device)
+        tr.optimizer, tr.lr_scheduler = tr.configure_optimizers()
+        tr.loss = tr._build_loss()
+        tr.was_initialized = True
+        tr.network.train()
+    return tr
+
+
+def run_training_iteration_benchmark(device: torch.device, patch=(128, 128), batch_size=4, n_stages=6,
+                                     num_classes=4, warmup=2, repeat=7,
+                                     trainers=("nnUNetTrainer", "nnUNetTrainerPMDice")) -> List[dict]:
+    """Median seconds of one real ``train_step`` of each trainer on the same batch."""
+    import os
+    dim = len(patch)
+    features = [min(32 * 2 ** i, 320 if dim == 3 else 512) for i in range(n_stages)]
+    plans = _plans(patch, batch_size, n_stages, features, dim)
+    dataset_json = {"channel_names": {"0": "image"}, "labels": {"background": 0, **{f"c{i}": i for i in
+                                                                                   range(1, num_classes)}},
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(batch_size, 1, *patch, generator=g)
+    seg = torch.randint(0, num_classes, (batch_size, 1, *patch), generator=g).float()
+    targets = [seg if i == 0 else torch.nn.functional.interpolate(seg, size=[s // 2 ** i for s in patch],
+                                                                   mode="nearest") for i in range(n_stages - 1)]
+    batch = {"data": data, "target": targets}
+    rows = []
+    old = os.environ.get("nnUNet_results")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["nnUNet_results"] = tmp
+        try:
+            for name in trainers:
+                tr = _ready_trainer(name, plans, dataset_json, device)
+                seconds = median_seconds(lambda: tr.train_step(batch), warmup, repeat)
+                rows.append(dict(trainer=name, ms=seconds * 1e3))
+        finally:
+            if old is None:
+                os.environ.pop("nnUNet_results", None)
+            else:
+                os.environ["nnUNet_results"] = old
+    for r in rows:
+        r["ratio"] = r["ms"] / rows[0]["ms"]
+    return rows
+
+
+# -- output --------------------------------------------------------------------------------------------------
+def _fmt(v, spec):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def markdown_table(rows: List[dict]) -> str:
+    lines = ["| shape | loss | fwd+bwd ms | x baseline | peak extra MiB | x baseline |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['loss']} | {_fmt(r['ms'], '.2f')} | {_fmt(r['time_ratio'], '.2f')} | "
+                     f"{_fmt(r['peak_mib'], '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def markdown_training_table(rows: List[dict]) -> str:
+    lines = ["| trainer | train_step ms | x nnUNetTrainer |", "|---|---:|---:|"]
+    lines += [f"| {r['trainer']} | {r['ms']:.1f} | {r['ratio']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_ratios(rows: List[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    losses = [l for l in dict.fromkeys(r["loss"] for r in rows) if any(r["baseline"] for r in rows if r["loss"] == l)]
+    index = {(r["shape"], r["loss"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(shapes)), 0.45 * len(losses) + 2.5))
+    width = 0.8 / max(1, len(shapes))
+    for i, shape in enumerate(shapes):
+        vals = [index.get((shape, l), {}).get("time_ratio", float("nan")) for l in losses]
+        ax.barh([j + i * width for j in range(len(losses))], vals, height=width, label=shape)
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_yticks([j + width * (len(shapes) - 1) / 2 for j in range(len(losses))])
+    ax.set_yticklabels(losses)
+    ax.invert_yaxis()
+    ax.set_xlabel("forward+backward time / nnU-Net baseline (same run)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dict) -> None:
+    """Writes ``loss_benchmark.{csv,json,md,png}`` into ``out`` (each file atomically)."""
+    from ..evaluation.aggregate import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "loss_benchmark.csv", rows)
+    write_json(out / "loss_benchmark.json", {"meta": meta, "losses": rows, "train_step": train_rows})
+    md = [markdown_table(rows)]
+    if train_rows:
+        md += ["", markdown_training_table(train_rows)]
+    write_text(out / "loss_benchmark.md", "\n".join(md) + "\n")
+    plot_ratios(rows, out / "loss_benchmark.png", f"Loss cost on {meta['device']}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="nnunet-pmdice bench-loss", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, not a measurement)")
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--no-train-step", action="store_true", help="skip the full training-iteration comparison")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="loss_benchmark", help="folder for the table, CSV, JSON and plot")
+
+
+def run(args) -> int:
+    import platform
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but torch sees no CUDA device")
+    shapes, ds = (QUICK_SHAPES, QUICK_DS) if args.quick else (SHAPES, DS_SHAPES)
+    cases = default_cases()
+    settings = [("fp32", None, False)]
+    if device.type == "cuda":
+        settings = [("fp16 autocast", torch.float16, False), ("fp16 autocast + torch.compile", torch.float16, True)]
+    meta = dict(device=str(torch.cuda.get_device_name(device)) if device.type == "cuda"
+                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                torch=torch.__version__, repeat=args.repeat, warmup=args.warmup)
+    all_rows = []
+    for label, dtype, comp in settings:
+        rows = run_loss_benchmark(shapes, ds, cases, device, args.warmup, args.repeat, dtype, comp,
+                                  memory=not args.no_memory)
+        for r in rows:
+            r["setting"] = label
+        all_rows += rows
+        print(f"\n## {meta['device']}, {label}\n")
+        print(markdown_table(rows))
+    train_rows = []
+    if not args.no_train_step:
+        kw = dict(patch=(64, 64), batch_size=2, n_stages=4, repeat=3) if args.quick else {}
+        train_rows = run_training_iteration_benchmark(device, **kw)
+        print("\n## One nnU-Net training iteration (train_step), same batch\n")
+        print(markdown_training_table(train_rows))
+    write_outputs(all_rows, train_rows, Path(args.out), meta)
+    print(f"\nwrote {Path(args.out).resolve()}/loss_benchmark.{{md,csv,json,png}}")
+    return 0
