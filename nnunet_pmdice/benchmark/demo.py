@@ -34,7 +34,7 @@ CONFIGURATION = {"faintpolyp2d": "2d", "polyp2d": "2d", "cardiac3d": "3d_fullres
 
 #: the demo's dataset size and budget per kind (chosen so that the CPU demo ends in minutes; see README)
 DEMO_DEFAULTS: Dict[str, Dict] = {
-    "faintpolyp2d": dict(num_train=40, num_test=40, size=(64, 64), epochs=20, iters=25),
+    "faintpolyp2d": dict(num_train=40, num_test=40, size=(64, 64), epochs=10, iters=20),
     "polyp2d": dict(num_train=40, num_test=20, size=(96, 96), epochs=30, iters=40),
     "cardiac3d": dict(num_train=20, num_test=10, size=(10, 48, 48), epochs=20, iters=25),
     "lesion3d": dict(num_train=16, num_test=8, size=(24, 48, 48), epochs=20, iters=25),
