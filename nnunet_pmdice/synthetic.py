@@ -148,7 +148,8 @@ def _lesion3d(rng: np.random.Generator, size) -> Tuple[np.ndarray, np.ndarray]:
     return (np.stack([flair, t1, t2]) * 1000).astype(np.float32), label
 
 
-_MAKERS: Dict[str, Callable] = {"polyp2d": _polyp2d, "faintpolyp2d": _polyp2d, "cardiac3d": _cardiac3d, "lesion3d": _lesion3d}
+_MAKERS: Dict[str, Callable] = {"polyp2d": _polyp2d, "faintpolyp2d": _polyp2d, "cardiac3d": _cardiac3d,
+                                 "lesion3d": _lesion3d}
 _SPACING = {"cardiac3d": (5.0, 1.5, 1.5), "lesion3d": (1.0, 1.0, 1.0)}  # (z, y, x) in mm
 _CHANNELS = {"polyp2d": {0: "R", 1: "G", 2: "B"}, "faintpolyp2d": {0: "R", 1: "G", 2: "B"}, "cardiac3d": {0: "MRI"},
              "lesion3d": {0: "FLAIR", 1: "T1", 2: "T2"}}
@@ -156,7 +157,8 @@ _LABELS = {"polyp2d": {"background": 0, "polyp": 1}, "faintpolyp2d": {"backgroun
            "cardiac3d": {"background": 0, "RV": 1, "MYO": 2, "LV": 3},
            "lesion3d": {"background": 0, "lesion": 1}}
 _REGIONS = {"background": 0, "heart": [1, 2, 3], "LV_MYO": [2, 3], "LV": [3]}
-_NAMES = {"polyp2d": "SynthPolyp2D", "faintpolyp2d": "SynthFaintPolyp2D", "cardiac3d": "SynthCardiac3D", "lesion3d": "SynthLesion3D"}
+_NAMES = {"polyp2d": "SynthPolyp2D", "faintpolyp2d": "SynthFaintPolyp2D", "cardiac3d": "SynthCardiac3D",
+          "lesion3d": "SynthLesion3D"}
 
 
 def _write_case(kind: str, folder_img: Path, folder_lab: Path, case: str, img: np.ndarray, lab: np.ndarray):

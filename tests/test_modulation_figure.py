@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def write_probability_folder(root: Path):
         case = f"case_{i}"
         Image.fromarray((np.stack([label * 200 + 20] * 3, -1)).astype(np.uint8)).save(images / f"{case}_0000.png")
         Image.fromarray(label).save(labels / f"{case}.png")
-        # nnU-Net stores 2D PNG probabilities as (C, 1, H, W), float16 by default
+        # nnU-Net stores the probabilities of a 2D PNG case as (C, 1, H, W)
         np.savez_compressed(preds / f"{case}.npz", probabilities=probs[:, None].astype(np.float32))
         truth[case] = (label, probs.astype(np.float32).astype(np.float64))
     return images, labels, preds, truth
@@ -137,7 +136,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     cases = {
         "missing folder": (["-p", str(tmp_path / "nope"), "-i", str(images), "-l", str(labels)], "nope"),
         "case not found": (["-p", str(preds), "-i", str(images), "-l", str(labels), "--cases", "case_9"], "case_9"),
-        "class outside": (["-p", str(preds), "-i", str(images), "-l", str(labels), "--class-index", "2"], "class index"),
+        "class outside": (["-p", str(preds), "-i", str(images), "-l", str(labels), "--class-index", "2"],
+                          "class index"),
         "missing labels": (["-p", str(preds), "-i", str(images), "-l", str(tmp_path / "nolabels")], "nolabels"),
         "missing model fold": (["-m", str(preds), "-f", "0", "-i", str(images), "-l", str(labels)], "fold_0"),
     }
@@ -170,5 +170,5 @@ def test_command_on_a_trained_model_matches_nnunet_saved_probabilities(prepared,
     for case in from_model:
         for g, v in from_model[case].items():
             assert 0 <= v <= 1
-            assert v == pytest.approx(from_npz[case][g], abs=2e-3), (case, g)   # npz stores float16
+            assert v == pytest.approx(from_npz[case][g], abs=2e-3), (case, g)   # same model, float rounding
     assert (tmp_path / "model.png").stat().st_size > 10_000

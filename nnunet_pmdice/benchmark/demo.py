@@ -132,7 +132,8 @@ def ensure_dataset(raw_root: Path, kind: str, dataset_id: int, settings: Dict, s
 
 
 def run_demo(out="pmdice_demo", kind: str = DEMO_KIND, epochs: Optional[int] = None, iters: Optional[int] = None,
-             runs: int = DEMO_RUNS, device: str = "auto", num_train: Optional[int] = None, num_test: Optional[int] = None,
+             runs: int = DEMO_RUNS, device: str = "auto", num_train: Optional[int] = None,
+             num_test: Optional[int] = None,
              size: Optional[Sequence[int]] = None, seed: int = 0, contenders: Sequence[str] = ("nnUNetTrainerPMDice",),
              jobs: int = 1, gpus: Sequence[str] = (), tau: float = DEFAULT_TAU, dataset_id: int = DEMO_DATASET_ID,
              figure_cases: int = 3, say=print) -> Dict:
@@ -221,7 +222,8 @@ def add_parser(sub) -> None:
                        description="Makes a synthetic dataset with small, faint objects beside a large easy "
                                    "one, plans and preprocesses it with nnU-Net, trains nnU-Net's default trainer "
                                    "and nnUNetTrainerPMDice with the same budget, predicts the test cases and "
-                                   "writes the table, the plots and the paper's Figure 2 for run 1's models. Re-running resumes.")
+                                   "writes the table, the plots and the paper's Figure 2 for run 1's models. "
+                                   "Re-running resumes.")
     p.add_argument("-o", "--out", default="pmdice_demo", help="output folder (default ./pmdice_demo)")
     p.add_argument("--kind", default=DEMO_KIND, choices=tuple(DEMO_DEFAULTS),
                    help=f"synthetic dataset (default {DEMO_KIND})")
