@@ -69,7 +69,7 @@ def _grid(shape):
 #: object adds 0.35 at its centre), against texture of range ~0.25 and pixel noise of sd ``noise``.
 POLYP_PARAMS: Dict[str, Dict] = {
     "polyp2d": dict(n_small=(1, 3), small_radius=(0.03, 0.06), small_contrast=0.08, noise=0.03),
-    "faintpolyp2d": dict(n_small=(2, 4), small_radius=(0.035, 0.055), small_contrast=0.03, noise=0.03),
+    "faintpolyp2d": dict(n_small=(2, 4), small_radius=(0.035, 0.055), small_contrast=0.045, noise=0.03),
 }
 
 
