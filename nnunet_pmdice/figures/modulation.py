@@ -265,7 +265,7 @@ def draw_figure(cases: Sequence[CaseFigure], path, gammas: Sequence[float] = FIG
     from ..evaluation.plots import _pyplot, _save
     plt = _pyplot()
     ncol = 3 + len(gammas)
-    fig, axes = plt.subplots(len(cases), ncol, figsize=(2.1 * ncol, 2.35 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), ncol, figsize=(2.1 * ncol, 2.7 * len(cases)), squeeze=False)
     for row, fc in zip(axes, cases):
         img, lab, pred, prob = _view(fc)
         y = (lab == fc.class_index).astype(np.float64)
