@@ -76,7 +76,13 @@ def _add_demo(sub) -> None:
     add_parser(sub)
 
 
-SUBCOMMANDS = [_add_demo, _add_benchmark, _add_evaluate, _add_synth, _add_convert, _add_bench_loss, _add_ext_path]
+def _add_modulation_figure(sub) -> None:
+    from .figures.modulation import add_parser
+    add_parser(sub)
+
+
+SUBCOMMANDS = [_add_demo, _add_benchmark, _add_evaluate, _add_synth, _add_convert, _add_bench_loss, _add_ext_path,
+               _add_modulation_figure]
 
 
 def build_parser() -> argparse.ArgumentParser:

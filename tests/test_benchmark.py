@@ -155,7 +155,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", nnUNet_compile="f")
     res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
-               "--size", "48", "48", "--seed", "3"], env)
+               "--size", "48", "48", "--seed", "3", "--kind", "polyp2d", "--runs", "1"], env)
     return out, env, res
 
 
@@ -194,7 +194,7 @@ def test_rerun_skips_finished_jobs_and_redoes_a_crashed_one(demo):
     out, env, _ = demo
     before = len(command_lines(out, "nnUNetv2_train"))
     res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
-               "--size", "48", "48", "--seed", "3"], env)
+               "--size", "48", "48", "--seed", "3", "--kind", "polyp2d", "--runs", "1"], env)
     assert res.stdout.count("finished before: skipped") == 2 and "already preprocessed" in res.stdout
     assert len(command_lines(out, "nnUNetv2_train")) == before
 

@@ -11,7 +11,7 @@ import pytest
 
 from nnunet_pmdice.synthetic import KINDS, generate
 
-SMALL = {"polyp2d": (48, 48), "cardiac3d": (8, 32, 32), "lesion3d": (12, 32, 32)}
+SMALL = {"polyp2d": (48, 48), "faintpolyp2d": (48, 48), "cardiac3d": (8, 32, 32), "lesion3d": (12, 32, 32)}
 
 
 def read_dataset(folder: Path):
@@ -96,8 +96,8 @@ def test_lesion3d_has_three_channels(tmp_path):
     assert len(list((folder / "imagesTr").glob("*_0002.nii.gz"))) == 2
 
 
-@pytest.mark.parametrize("kind,regions", [("polyp2d", False), ("cardiac3d", False), ("cardiac3d", True),
-                                          ("lesion3d", False)])
+@pytest.mark.parametrize("kind,regions", [("polyp2d", False), ("faintpolyp2d", False), ("cardiac3d", False),
+                                          ("cardiac3d", True), ("lesion3d", False)])
 def test_nnunet_integrity_check_passes(kind, regions, tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     folder = generate(kind, tmp_path, 14, num_train=3, num_test=1, size=SMALL[kind], seed=2, regions=regions)
@@ -132,3 +132,70 @@ def test_synth_cli(tmp_path):
     folder = Path(res.stdout.strip().splitlines()[-1])
     assert folder == tmp_path / "Dataset017_SynthLesion3D"
     assert len(list((folder / "labelsTs").iterdir())) == 1
+
+
+def test_faintpolyp2d_has_small_faint_objects_beside_a_large_easy_one():
+    """The difficulty imbalance of the paper's Figure 2: the small objects differ little from their surround."""
+    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import label as components
+
+    from nnunet_pmdice.synthetic import POLYP_PARAMS, _polyp2d
+    contrasts = {"large": [], "small": []}
+    for seed in range(10):
+        img, lab = _polyp2d(np.random.default_rng(seed), (64, 64), **POLYP_PARAMS["faintpolyp2d"])
+        comp, n = components(lab, structure=np.ones((3, 3)))
+        sizes = np.bincount(comp.ravel())[1:]
+        order = np.argsort(sizes)[::-1]
+        assert n >= 3, seed                                  # one large + at least two small
+        assert sizes[order[0]] > 4 * sizes[order[1]], (seed, sizes)
+        red = img[0].astype(np.float64)
+        for rank, i in enumerate(order):
+            obj = comp == i + 1
+            ring = binary_dilation(obj, iterations=3) & ~binary_dilation(obj, iterations=1) & (lab == 0)
+            contrasts["large" if rank == 0 else "small"].append(red[obj].mean() - red[ring].mean())
+    # red-channel contrast to the surround, 0-255 units: the large object stands out, the small ones barely
+    assert np.median(contrasts["large"]) > 40
+    assert np.median(contrasts["small"]) < 15
+
+
+def test_object_counts_by_size_match_the_labels(tmp_path):
+    import cc3d
+
+    from nnunet_pmdice.synthetic import OBJECT_SIZE_BINS
+    folder = generate("faintpolyp2d", tmp_path, 18, num_train=3, num_test=2, size=(48, 48), seed=4)
+    dj, data = read_dataset(folder)
+    rec = dj["synthetic"]
+    assert rec["kind"] == "faintpolyp2d" and rec["params"]["small_contrast"] > 0
+    for key, prefix in (("objects", "labels"), ("objects_test", "labelsTs")):
+        sizes = []
+        for k, (arr, _) in data.items():
+            if k.startswith(prefix):
+                comps = cc3d.connected_components(np.ascontiguousarray(arr[0] == 1))
+                sizes += list(np.bincount(comps.ravel())[1:])
+        sizes = np.array(sizes)
+        expected = {(f"{lo}-{hi}" if hi else f">={lo}"): int(np.sum((sizes >= lo) & (sizes <= (hi or np.inf))))
+                    for lo, hi in OBJECT_SIZE_BINS}
+        assert rec[key]["polyp"] == expected, key
+        assert sum(expected.values()) == len(sizes) > 0
+
+
+def test_params_change_the_objects_and_are_recorded(tmp_path):
+    a = generate("faintpolyp2d", tmp_path / "a", 19, num_train=2, num_test=0, size=(48, 48), seed=1)
+    b = generate("faintpolyp2d", tmp_path / "b", 19, num_train=2, num_test=0, size=(48, 48), seed=1,
+                 params={"small_contrast": 0.2})
+    _, da = read_dataset(a)
+    _, db = read_dataset(b)
+    assert all(np.array_equal(da[k][0], db[k][0]) for k in da if k.startswith("labels"))   # same geometry
+    assert any(not np.array_equal(da[k][0], db[k][0]) for k in da if k.startswith("images"))
+    assert json.loads((b / "dataset.json").read_text())["synthetic"]["params"]["small_contrast"] == 0.2
+    with pytest.raises(ValueError, match="unknown faintpolyp2d setting"):
+        generate("faintpolyp2d", tmp_path / "c", 19, num_train=2, num_test=0, params={"contrast": 1})
+    with pytest.raises(ValueError, match="apply to the kinds"):
+        generate("lesion3d", tmp_path / "c", 19, num_train=2, num_test=0, params={"noise": 1})
+
+
+def test_an_id_used_by_another_dataset_is_refused(tmp_path):
+    generate("polyp2d", tmp_path, 20, num_train=2, num_test=0, size=(32, 32))
+    with pytest.raises(ValueError, match="Dataset020_SynthPolyp2D"):
+        generate("faintpolyp2d", tmp_path, 20, num_train=2, num_test=0, size=(32, 32))
+    assert [p.name for p in tmp_path.iterdir()] == ["Dataset020_SynthPolyp2D"]

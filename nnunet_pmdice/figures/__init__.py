@@ -1,0 +1,1 @@
+"""Figures drawn from trained models (matplotlib, PNG)."""
