@@ -40,7 +40,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ._atomic import building_folder
+from .fileio import building_folder
 
 KINDS = ("polyp2d", "faintpolyp2d", "cardiac3d", "lesion3d")
 KINDS_2D = ("polyp2d", "faintpolyp2d")

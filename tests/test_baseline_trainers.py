@@ -18,7 +18,7 @@ from nnunet_pmdice.losses import (CompoundLoss, CrossEntropyTerm, DiceFamilyLoss
                                   WangFocalDiceLoss, ZhaoFocalDiceLoss)
 from nnunet_pmdice.trainers import NNUNET_BASES
 from nnunet_pmdice.trainers.baselines import BASELINE_TRAINERS
-from nnunet_pmdice.trainers.loss_builder import RECIPES, LossContext
+from nnunet_pmdice.trainers.loss_table import RECIPES, LossContext
 
 #: trainer -> (Dice part type, CE part type, default options)
 EXPECTED = {

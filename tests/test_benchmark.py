@@ -269,7 +269,7 @@ def fake_predictions(raw: Path, folder: Path, grow: int) -> None:
 def finished_benchmark(tmp_path_factory):
     """A benchmark folder whose jobs are finished, as the runner leaves them (predictions, evaluation,
     done.json), with predictions made from the references instead of trained models: 2 runs of 4 trainers."""
-    from nnunet_pmdice._atomic import write_json
+    from nnunet_pmdice.fileio import write_json
     from nnunet_pmdice.evaluation.evaluate import evaluate_folders, write_evaluation
     from nnunet_pmdice.synthetic import generate
     root = tmp_path_factory.mktemp("report")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from nnunet_pmdice import _atomic, fileio
 from nnunet_pmdice.fileio import (MARKER, building_folder, read_json, remove_abandoned, staged_folder, write_json,
                                   write_text)
 
@@ -28,10 +27,6 @@ def umask_022():
     yield
     os.umask(old)
 
-
-def test_atomic_is_a_re_export():
-    for name in ("write_text", "write_json", "building_folder", "json_ready"):
-        assert getattr(_atomic, name) is getattr(fileio, name)
 
 
 def test_written_files_and_folders_get_the_usual_permissions(tmp_path, umask_022):

@@ -43,8 +43,3 @@ def test_every_loss_case_is_made_without_arguments_and_runs():
         value = _fwd_bwd(case.make(), logits, target, None)
         assert torch.isfinite(value) and logits.grad is not None, case.name
 
-
-def test_old_import_path_still_works():
-    from nnunet_pmdice import loss_benchmark
-    from nnunet_pmdice.benchmark import loss_cost
-    assert loss_benchmark.main is loss_cost.main and loss_benchmark.default_cases is loss_cost.default_cases

@@ -20,13 +20,13 @@ not saturated for it.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ..evaluation.metrics import DEFAULT_TAU
+from ..fileio import read_json
 from .runner import Benchmark, BenchmarkSettings, check_trainer_names, choose_baseline, with_budget
 
 #: nnU-Net configuration per synthetic kind
@@ -119,7 +119,7 @@ def ensure_dataset(raw_root: Path, kind: str, dataset_id: int, settings: Dict, s
                          f"(--kind {kind}); use another output folder")
     wanted = synth_record(kind, **settings)
     if (folder / "dataset.json").is_file():
-        have = json.loads((folder / "dataset.json").read_text()).get("synthetic", {})
+        have = read_json(folder / "dataset.json").get("synthetic", {})
         differ = [f"{k}: {have.get(k)} there, {wanted[k]} now" for k in wanted if have.get(k) != wanted[k]]
         if differ:
             raise ValueError(f"{folder} was made with other settings ({'; '.join(differ)}); "
@@ -196,7 +196,7 @@ def modulation_figures(bench: Benchmark, trainers: Sequence[str], n_cases: int, 
     from ..figures.modulation import write_modulation_figure
     from .runner import Job
 
-    if any(isinstance(v, list) for v in json.loads((bench.raw / "dataset.json").read_text())["labels"].values()):
+    if any(isinstance(v, list) for v in read_json(bench.raw / "dataset.json")["labels"].values()):
         return {}
     out = {}
     for trainer in trainers:

@@ -261,7 +261,7 @@ class GammaSweep:
 def _loss_options(name: str) -> Optional[Tuple[str, Dict[str, object]]]:
     """``(base trainer, every loss option with its default filled in)`` of a PM Dice trainer name, else None."""
     from ..trainers import BASE_TRAINERS
-    from ..trainers.loss_builder import RECIPES
+    from ..trainers.loss_table import RECIPES
     from ..trainers.naming import TrainerNameError, parse_options
 
     base = name.split("_", 1)[0]

@@ -19,12 +19,13 @@ Without ``--cases``, the cases with the smallest reference objects of the class 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..fileio import read_json, write_json
 
 #: the focusing parameters of the paper's Figure 2
 FIGURE_GAMMAS = (0.5, 1.0, 2.0, 5.0)
@@ -116,9 +117,9 @@ def _read_dataset_json(path: Path) -> dict:
     if not path.is_file():
         raise FigureInputError(f"{path} not found (needed for the file ending and image reader)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FigureInputError(f"{path} is not valid JSON ({e})") from None
+        return read_json(path, "dataset.json")
+    except ValueError as e:
+        raise FigureInputError(str(e)) from None
 
 
 def _reader(dataset_json: dict, example_file: str):
@@ -295,7 +296,6 @@ def write_modulation_figure(out, images, labels, **kwargs) -> Tuple[Path, List[C
 
     Keyword arguments go to :func:`collect_cases`; ``title`` to :func:`draw_figure`.
     """
-    from .._atomic import write_json
     title = kwargs.pop("title", "")
     gammas = tuple(kwargs.get("gammas", FIGURE_GAMMAS))
     cases = collect_cases(images, labels, **kwargs)

@@ -21,9 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_pmdice.losses import PMDiceLoss
-
-from .loss_table import RECIPES, LossContext, LossRecipe, compound_for, pm_dice_for  # noqa: F401 (re-exported)
+from .loss_table import RECIPES, LossContext
 
 
 def deep_supervision_weights(num_scales: int, ddp: bool = False, compiled: bool = False) -> np.ndarray:
