@@ -1,6 +1,7 @@
 """Writing files and folders so that a reader never sees them half-written, and reading JSON with a clear error.
 
-- :func:`write_text` / :func:`write_json`: a temporary file beside the target, renamed into place;
+- :func:`writing_file` (and :func:`write_text` / :func:`write_json` on it): a temporary file beside the
+  target, renamed into place;
 - :func:`staged_folder` (and :func:`building_folder`, the same with replacing): a hidden temporary folder
   beside the target, moved into place only when the block completes; removed on any error;
 - :func:`read_json`: a JSON file read completely, or a one-line ``ValueError`` naming the file.
@@ -95,11 +96,35 @@ def publish_permissions(path: PathLike) -> None:
 
 # ------------------------------------------------------------------------------------------------- files
 
-def write_text(path: PathLike, text: str) -> Path:
-    """Writes ``text`` (UTF-8) to a temporary file beside ``path`` and renames it into place.
+@contextmanager
+def writing_file(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to (by any writer: ``savefig``, ``np.save``...); renamed
+    into place, with the usual permissions (``0o666 & ~umask``), when the block completes, removed on any
+    error. The temporary name keeps ``path``'s suffixes, so writers that pick a format by ending still do.
 
-    A reader sees the old content or the new, never a part; the file gets the usual permissions
-    (``0o666 & ~umask``). Returns ``path`` as a Path.
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "plots" / "a.txt"
+    >>> with writing_file(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('done', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) through :func:`writing_file`: a reader sees the old content or the new, never
+    a part. Returns ``path`` as a Path.
 
     >>> import tempfile
     >>> p = write_text(Path(tempfile.mkdtemp()) / "sub" / "a.txt", "hello")
@@ -107,16 +132,9 @@ def write_text(path: PathLike, text: str) -> Path:
     'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    with writing_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        publish_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

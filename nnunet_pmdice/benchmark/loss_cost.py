@@ -377,9 +377,8 @@ def markdown_training_table(rows: List[dict]) -> str:
 
 
 def plot_ratios(rows: List[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..evaluation.plots import pyplot, save_figure
+    plt = pyplot()
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     losses = [l for l in dict.fromkeys(r["loss"] for r in rows) if any(r["baseline"] for r in rows if r["loss"] == l)]
     index = {(r["shape"], r["loss"]): r for r in rows}
@@ -396,8 +395,7 @@ def plot_ratios(rows: List[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dict) -> None:

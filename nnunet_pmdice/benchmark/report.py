@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -329,9 +328,8 @@ def plot_gamma_sweep(sweep: GammaSweep, combined: Mapping[str, Mapping], path, b
         baseline: the baseline's combined result, drawn as dashed horizontal lines.
         title: the figure's title (the dataset).
     """
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from ..evaluation.plots import pyplot, save_figure
+    plt = pyplot()
 
     first = combined[sweep.points[0][1]]["mean"]
     metrics = [m for m in SWEEP_METRICS if m in first]
@@ -355,13 +353,7 @@ def plot_gamma_sweep(sweep: GammaSweep, combined: Mapping[str, Mapping], path, b
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{title}: PM Dice {'background ' if sweep.option == 'gamma_bg' else ''}gamma".lstrip(": "))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def _nan(value, default: float = math.nan) -> float:

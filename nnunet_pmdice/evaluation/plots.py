@@ -10,31 +10,31 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..fileio import writing_file
 from .aggregate import table_columns
 
 #: colours of the overlay figure (RGB in [0, 1])
 OVERLAY_COLOURS = {"tp": (0.1, 0.8, 0.1), "fp": (0.9, 0.1, 0.1), "fn": (0.1, 0.3, 1.0)}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, tight: bool = True) -> Path:
+    """Saves ``fig`` as a PNG at ``path`` atomically (:func:`nnunet_pmdice.fileio.writing_file`) and closes it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with writing_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight" if tight else None)
+    pyplot().close(fig)
     return path
 
 
@@ -50,7 +50,7 @@ def plot_metrics(results: Mapping[str, Mapping], path, title: str = "") -> Path:
     """
     if not results:
         raise ValueError("no results to plot")
-    plt = _pyplot()
+    plt = pyplot()
     names = list(results)
     cols = table_columns(next(iter(results.values()))["classes"])
     width = 0.8 / len(names)
@@ -76,8 +76,7 @@ def plot_metrics(results: Mapping[str, Mapping], path, title: str = "") -> Path:
     ax.set_title(title or "Test-set metrics per trainer")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
+    out = save_figure(fig, path)
     return out
 
 
@@ -102,7 +101,7 @@ def plot_case_distribution(case_rows: Sequence[Mapping], trainers: Sequence[str]
         trainers: the trainers in plot order.
         path: the PNG to write.
     """
-    plt = _pyplot()
+    plt = pyplot()
     titles = {"dice": "Dice", "iou": "IoU", "nsd": "NSD", "precision": "precision", "recall": "recall"}
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(5.0, 1.6 * len(trainers) + 1) * len(metrics) / 1.4, 4.2),
                              squeeze=False)
@@ -119,8 +118,7 @@ def plot_case_distribution(case_rows: Sequence[Mapping], trainers: Sequence[str]
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Per-case distribution over the test cases (all runs)")
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
+    out = save_figure(fig, path)
     return out
 
 
@@ -128,7 +126,7 @@ def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _display_image(image: np.ndarray) -> np.ndarray:
+def display_image(image: np.ndarray) -> np.ndarray:
     """(C, H, W) -> RGB (3 channels, e.g. a PNG) or the first channel, each scaled to [0, 1] by percentiles."""
     if image.shape[0] == 3:
         img = np.moveaxis(image, 0, -1).astype(np.float64)
@@ -175,7 +173,7 @@ def overlay_slice(image: np.ndarray, reference: np.ndarray, predictions: Mapping
     else:
         counts = (ref > 0).reshape(ref.shape[0], -1).sum(1)
         k = int(np.argmax(counts)) if counts.max() > 0 else ref.shape[0] // 2
-    return _display_image(image[:, k]), ref[k], {t: p[k] for t, p in preds.items()}
+    return display_image(image[:, k]), ref[k], {t: p[k] for t, p in preds.items()}
 
 
 def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str, np.ndarray]]], path,
@@ -193,7 +191,7 @@ def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str
     """
     if not cases:
         raise ValueError("no cases to show")
-    plt = _pyplot()
+    plt = pyplot()
     trainers = list(cases[0][3])
     ncol = 1 + len(trainers)
     fig, axes = plt.subplots(len(cases), ncol, figsize=(2.6 * ncol, 2.6 * len(cases) + 0.5), squeeze=False)
@@ -211,8 +209,7 @@ def plot_overlays(cases: Sequence[Tuple[str, np.ndarray, np.ndarray, Mapping[str
         ax.set_axis_off()
     fig.suptitle("green: true positive   red: false positive   blue: false negative", fontsize=9)
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
+    out = save_figure(fig, path)
     return out
 
 
@@ -234,7 +231,7 @@ def plot_forest(comparison: Mapping, path, title: str = "") -> Path:
 
     if not isinstance(comparison, Mapping) or not comparison.get("contenders") or "metrics" not in comparison:
         raise ValueError("plot_forest needs the dict returned by paired_comparison, with at least one contender")
-    plt = _pyplot()
+    plt = pyplot()
     names = list(comparison["contenders"])
     metrics = list(comparison["metrics"])
     step = 0.8 / max(1, len(names))
@@ -263,6 +260,5 @@ def plot_forest(comparison: Mapping, path, title: str = "") -> Path:
     ax.legend(handles=handles, fontsize=8, loc="best", title="filled marker: significant", title_fontsize=7)
     ax.set_title(title or f"Paired difference to {comparison['baseline']}")
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
+    out = save_figure(fig, path)
     return out

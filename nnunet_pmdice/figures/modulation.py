@@ -250,7 +250,7 @@ def collect_cases(images, labels, cases: Optional[Sequence[str]] = None, n: int 
 
 def _view(fig_case: CaseFigure) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """2D views: display image, reference, prediction, class probability (axis-0 slice with the most class)."""
-    from ..evaluation.plots import _display_image
+    from ..evaluation.plots import display_image
     lab, prob = fig_case.label, fig_case.probabilities[fig_case.class_index]
     pred = fig_case.prediction
     if lab.shape[0] == 1:
@@ -258,13 +258,13 @@ def _view(fig_case: CaseFigure) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.
     else:
         counts = (lab == fig_case.class_index).reshape(lab.shape[0], -1).sum(1)
         k = int(np.argmax(counts)) if counts.max() > 0 else lab.shape[0] // 2
-    return _display_image(fig_case.image[:, k]), lab[k], pred[k], prob[k]
+    return display_image(fig_case.image[:, k]), lab[k], pred[k], prob[k]
 
 
 def draw_figure(cases: Sequence[CaseFigure], path, gammas: Sequence[float] = FIGURE_GAMMAS, title: str = "") -> Path:
     """One row per case: image, reference, prediction (Dice loss), m for each gamma (PM Dice loss)."""
-    from ..evaluation.plots import _pyplot, _save
-    plt = _pyplot()
+    from ..evaluation.plots import pyplot, save_figure
+    plt = pyplot()
     ncol = 3 + len(gammas)
     fig, axes = plt.subplots(len(cases), ncol, figsize=(2.1 * ncol, 2.7 * len(cases)), squeeze=False)
     for row, fc in zip(axes, cases):
@@ -286,8 +286,7 @@ def draw_figure(cases: Sequence[CaseFigure], path, gammas: Sequence[float] = FIG
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = _save(fig, path)
-    plt.close(fig)
+    path = save_figure(fig, path)
     return path
 
 
