@@ -27,7 +27,7 @@ from typing import Dict, Optional, Sequence
 
 from ..evaluation.metrics import DEFAULT_TAU
 from ..fileio import read_json
-from .runner import Benchmark, BenchmarkSettings, check_trainer_names, choose_baseline, with_budget
+from .runner import Benchmark, BenchmarkSettings, check_trainer_names, choose_baseline, nnunet_folders, with_budget
 
 #: nnU-Net configuration per synthetic kind
 CONFIGURATION = {"faintpolyp2d": "2d", "polyp2d": "2d", "cardiac3d": "3d_fullres", "lesion3d": "3d_fullres"}
@@ -82,25 +82,14 @@ def nnunet_dataset_name(dataset_id: int, env: Dict[str, str]) -> Optional[str]:
     """
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    saved = {k: os.environ.get(k) for k in keys}
     try:
-        for k in keys:
-            if env.get(k) is not None:
-                os.environ[k] = env[k]
-            else:
-                os.environ.pop(k, None)
-        return maybe_convert_to_dataset_name(int(dataset_id))
+        with nnunet_folders(**{k: env.get(k) for k in keys}):
+            return maybe_convert_to_dataset_name(int(dataset_id))
     except RuntimeError as e:
         if "More than one" in str(e):
             raise ValueError(f"nnU-Net finds more than one dataset name for id {dataset_id} under "
                              f"{', '.join(env.get(k, '?') for k in keys)}") from None
         return None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def ensure_dataset(raw_root: Path, kind: str, dataset_id: int, settings: Dict, say=print,

@@ -108,7 +108,7 @@ def choose_baseline(trainers: Sequence[str], baseline: Optional[str] = None) -> 
 # ------------------------------------------------------------------------------------------ dataset name
 
 @contextlib.contextmanager
-def _nnunet_folders(**folders: Optional[Path]) -> Iterator[None]:
+def nnunet_folders(**folders: Optional[Path]) -> Iterator[None]:
     """nnU-Net's folder variables set to ``folders`` (None: unset) while nnU-Net's own lookups run.
 
     nnU-Net reads them from ``os.environ`` at each lookup; the benchmark's environment may differ
@@ -145,7 +145,7 @@ def dataset_folder_name(dataset, raw_root: Path, preprocessed_root: Optional[Pat
     text = str(dataset)
     if not (text.startswith("Dataset") or text.isdigit()):
         raise ValueError(f"-d must be a dataset id (e.g. 500) or a name Dataset500_..., got {text!r}")
-    with _nnunet_folders(nnUNet_raw=raw_root, nnUNet_preprocessed=preprocessed_root, nnUNet_results=None):
+    with nnunet_folders(nnUNet_raw=raw_root, nnUNet_preprocessed=preprocessed_root, nnUNet_results=None):
         try:
             name = str(maybe_convert_to_dataset_name(text))
         except RuntimeError as e:
