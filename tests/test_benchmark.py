@@ -214,6 +214,27 @@ def test_rerun_skips_finished_jobs_and_redoes_a_crashed_one(demo):
     assert "(baseline)" in (out / "table.md").read_text()
 
 
+@pytest.mark.integration
+def test_a_refused_prediction_fails_its_job_and_the_others_are_still_reported(demo):
+    """A prediction the evaluation refuses (0/255 instead of the dataset's labels 0/1) fails that job with a
+    line naming the file; the benchmark still writes the report of the finished jobs and exits with 1."""
+    from PIL import Image
+    import numpy as np
+    out, env, _ = demo
+    job = out / "runs" / "run_1" / T_PM
+    (job / "done.json").unlink()
+    shutil.rmtree(job / "evaluation")
+    bad = sorted((job / "predictions").glob("*.png"))[0]
+    Image.fromarray((np.asarray(Image.open(bad)) > 0).astype(np.uint8) * 255).save(bad)
+    (out / "table.md").unlink()
+    res = cli(["benchmark", "-d", "500", "-c", "2d", "-tr", "nnUNetTrainerPMDice", *BUDGET, "--device", "cpu",
+               "-o", str(out)], nnunet_env_of_demo(out, env), check=False)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"[run 1 {T_PM}] FAILED" in res.stdout and bad.name in res.stdout
+    table = (out / "table.md").read_text()
+    assert f"| {T_BASE} (baseline) |" in table and f"| {T_PM} |" not in table
+
+
 def nnunet_env_of_demo(out: Path, env):
     return dict(env, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
                 nnUNet_results=str(out / "nnUNet_results"))

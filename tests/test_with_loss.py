@@ -63,6 +63,11 @@ def test_with_loss_keeps_the_base_and_takes_the_loss():
     assert set(loss_names()) == {n[len("nnUNetTrainer"):] for n in trainers.NAMED_TRAINERS}
 
 
+def test_a_class_with_its_own_name_pickles_in_the_process_that_made_it():
+    cls = with_loss(nnUNetTrainerNoMirroring, "PMDice_g2_bg1", name="nnUNetTrainerMyRunPMDice")
+    assert cls.__name__ == "nnUNetTrainerMyRunPMDice" and pickle.loads(pickle.dumps(cls)) is cls
+
+
 @pytest.mark.parametrize("base, loss, message", [
     (nnUNetTrainerCELoss, "PMDice", r"builds its own loss \(.*nnUNetTrainerCELoss._build_loss\); giving it the loss "
                                     r"'PMDice' would silently drop that loss"),

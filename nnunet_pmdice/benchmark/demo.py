@@ -193,7 +193,7 @@ def modulation_figures(bench: Benchmark, trainers: Sequence[str], n_cases: int, 
         path = bench.out / "figure2" / f"modulation_{trainer}.png"
         if not bench.job_finished(job):
             continue
-        if not path.is_file():
+        if not (path.is_file() and path.with_suffix(".json").is_file()):
             start = time.time()
             write_modulation_figure(path, bench.raw / "imagesTs", bench.raw / "labelsTs", n=n_cases,
                                     model=str(bench.fold_folder(job).parent), fold=bench.s.fold, device=device,

@@ -497,7 +497,9 @@ class Benchmark:
             gpu = gpus.get() if gpus is not None else None
             try:
                 self.run_job(job, gpu)
-            except StepFailed as e:
+            except (StepFailed, ValueError, FileNotFoundError) as e:
+                # a command that failed, or an output refused (e.g. a prediction the evaluation cannot read):
+                # this job is recorded as failed, the others run on and the report is still written
                 self.failures.append((job, str(e)))
                 self._say(f"[{job.tag}] FAILED: {e}")
             finally:

@@ -312,9 +312,10 @@ def difference_table(comparison: Mapping, decimals: int = 2, *, per_class: Seque
         lines.append("")
     m = comparison["method"]
     lines.append(f"Values in %, differences (contender − baseline) in percentage points: mean over the paired test "
-                 f"cases of the per-case value (mean over foreground classes; with several runs, the per-case mean "
-                 f"over runs). {level}% CI: BCa bootstrap over cases ({m['n_resamples']} resamples, seed "
-                 f"{m['seed']}). p: two-sided Wilcoxon signed-rank test (zero differences dropped); p (Holm): "
+                 f"cases of the per-case value (mean over foreground classes, or that class's value in a per-class "
+                 f"row; with several runs, the per-case mean over runs). {level}% CI: BCa bootstrap over cases "
+                 f"({m['n_resamples']} resamples, seed {m['seed']}; the percentile interval where BCa is "
+                 f"undefined, named in summary.json's ci_method). p: two-sided Wilcoxon signed-rank test (zero differences dropped); p (Holm): "
                  f"Holm-adjusted across the contenders per metric. W / T / L: cases where the contender is better "
                  f"/ tied (|difference| <= {TIE_TOLERANCE:g}) / worse. ▲/▼: Holm p < {m['alpha']} and the CI "
                  f"excludes 0.")

@@ -8,8 +8,10 @@ Cost: the shape checks read no data. The value checks of one loss call (:func:`p
 read the target and the mask, never the logits: one reduction over the target for its range (two for a
 float label map, which is also compared with its int64 conversion to find non-whole labels) and one
 over a non-bool mask; a bool target or mask needs none. Their results are read back together with
-**one** device synchronisation per call. They are skipped while ``torch.compile`` traces the loss,
-where a data-dependent branch would break the graph.
+**one** device synchronisation per call. A compiled loss does not run them (they are skipped while
+``torch.compile`` traces it, where a data-dependent branch would break the graph): the trainers
+compile the loss when nnU-Net compiles its own (CUDA, ``nnUNet_compile`` not false), so there only the
+shape checks guard the inputs.
 """
 from __future__ import annotations
 
@@ -276,7 +278,9 @@ def _check_values(C: int, kind: str, raw: torch.Tensor, t: torch.Tensor, mask: O
         stats["bad_mask"] = mask.ne(0).logical_and_(mask.ne(1)).any()  # NaN is neither 0 nor 1
     if not stats:
         return
-    values = dict(zip(stats, torch.stack([s.to(torch.float64) for s in stats.values()]).tolist()))
+    # one host read-back for all the flags; MPS has no float64 (float32 there: exact for labels < 2**24)
+    exact = torch.float32 if raw.device.type == "mps" else torch.float64
+    values = dict(zip(stats, torch.stack([s.to(exact) for s in stats.values()]).tolist()))
 
     if values.get("not_whole"):
         bad = raw[t.to(raw.dtype) != raw].flatten()[0].item()

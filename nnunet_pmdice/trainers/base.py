@@ -48,11 +48,14 @@ def trainer_by_name(name: str):
         AttributeError: no trainer of that name is known here or to nnU-Net.
     """
     from nnunet_pmdice import trainers
+    from nnunet_pmdice.trainers.compose import _COMPOSED
     try:
         return getattr(trainers, name)
     except AttributeError:
         if name in _EXTERNAL:
             return _EXTERNAL[name]
+        if name in _COMPOSED:  # with_loss(..., name=...) in this process
+            return _COMPOSED[name]
     return find_with_nnunet(name)
 
 

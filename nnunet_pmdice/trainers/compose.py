@@ -119,7 +119,10 @@ def with_loss(base: type, loss: str, name: Optional[str] = None) -> type:
             ``"<base>.<loss>"``, the name under which ``nnUNetv2_train -tr`` finds the same class.
 
     The class pickles by name, is found by nnU-Net in every process (DDP children, nnUNetv2_predict)
-    under ``"<base>.<loss>"`` when nnU-Net finds ``base``, and logs its loss settings at start-up.
+    under ``"<base>.<loss>"`` when nnU-Net finds ``base``, and logs its loss settings at start-up. A
+    class given its own ``name`` is known only in the process that made it (and pickles there); for
+    training and prediction from the command line use the default name, or define the class in a module
+    of an ``nnUNet_extTrainer`` folder.
 
     >>> from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
     ...     nnUNetTrainerNoMirroring)
