@@ -17,13 +17,24 @@ def test_bench_loss_quick_run_writes_table_and_plot(tmp_path):
     rows = data["losses"]
     names = {r["loss"] for r in rows}
     assert {"nnU-Net MemoryEfficientSoftDiceLoss", "nnU-Net DC_and_CE_loss", "PM Dice gamma 1",
-            "CE + PM Dice", "PM Dice (plain autograd)"} <= names
+            "CE + PM Dice", "PM Dice (plain autograd)", "nnU-Net region Dice (sigmoid)", "nnU-Net DC_and_BCE_loss",
+            "PM Dice gamma 1 (regions)", "BCE + PM Dice (regions)", "PM Dice gamma 2, gamma_bg 1",
+            "PM Dice per-class gamma (1, 2, 0.5, 5)"} <= names
+    # every PM Dice setting, label and region mode, is summarised against the targets, at every shape
+    summary = data["targets"]["fp32"]
+    assert len(summary) == 13 and all(e["shapes"] == 3 for e in summary)
+    for e in summary:
+        mine = [r["time_ratio"] for r in rows if r["loss"] == e["loss"]]
+        assert e["max_time_ratio"] == max(mine)
+        assert e["met"] == (e["max_time_ratio"] <= 1.2 and e["median_time_ratio"] <= 1.0 and e["max_mem_ratio"] <= 1.1)
+    assert "| PM Dice gamma 5 (regions) |" in res.stdout and "targets met" in res.stdout
     for r in rows:
         assert r["ms"] > 0 and r["peak_mib"] > 0
         if r["baseline"]:
             base = next(b for b in rows if b["shape"] == r["shape"] and b["loss"] == r["baseline"])
             assert abs(r["time_ratio"] - r["ms"] / base["ms"]) < 1e-9
-    assert [t["trainer"] for t in data["train_step"]] == ["nnUNetTrainer", "nnUNetTrainerPMDice"]
+    assert [t["trainer"] for t in data["train_step"]] == ["nnUNetTrainer", "nnUNetTrainerPMDice",
+                                                          "nnUNetTrainerPMDice_g2_bg1", "nnUNetTrainerCEPMDice"]
     assert (tmp_path / "loss_benchmark.png").stat().st_size > 10_000
     assert "| PM Dice gamma 1 |" in res.stdout
 
@@ -35,11 +46,20 @@ def test_median_seconds_calls_warmup_then_repeat_times():
     assert len(calls) == 8 and seconds >= 0
 
 
-def test_every_loss_case_is_made_without_arguments_and_runs():
+def test_every_loss_case_runs_on_its_target_kind():
     import torch
-    from nnunet_pmdice.benchmark.loss_cost import _fwd_bwd, _inputs, default_cases
+    from nnunet_pmdice.benchmark.loss_cost import _fwd_bwd, _inputs, _regions, default_cases
     logits, target = _inputs((2, 3, 16, 16), torch.device("cpu"), torch.float32)
+    targets = {"labels": target, "regions": _regions((2, 3, 16, 16), torch.device("cpu"))}
+    assert targets["regions"].dtype == torch.bool and targets["regions"].shape == (2, 3, 16, 16)
     for case in default_cases():
-        value = _fwd_bwd(case.make(), logits, target, None)
+        value = _fwd_bwd(case.make(3), logits, targets[case.target], None)
         assert torch.isfinite(value) and logits.grad is not None, case.name
+
+
+def test_interleaved_timing_calls_each_step_once_per_round():
+    from nnunet_pmdice.benchmark.loss_cost import interleaved_median_seconds
+    calls = []
+    seconds = interleaved_median_seconds([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeat=3)
+    assert calls == ["a", "b"] * 4 and len(seconds) == 2
 

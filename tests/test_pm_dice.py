@@ -184,6 +184,20 @@ def test_sigmoid_matches_reference(kw):
     _assert_matches_reference(x, y, dict(kw, nonlin="sigmoid"))
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0, [1.0, 2.0, 0.5]])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("size", [(6, 5), (128, 130)])  # the second: rows long enough for per-row dot products
+def test_region_bool_targets_match_reference(gamma, masked, size):
+    """nnU-Net's region targets are bool: the dense kernel's 0/1 shortcut (y**2 = y), its gamma-0 path without
+    a modulating term and its dot products agree with the reference on every setting."""
+    torch.manual_seed(21)
+    x = (2 * torch.randn(2, 3, *size)).requires_grad_()
+    y = torch.rand(2, 3, *size) > 0.6
+    mask = (torch.rand(2, 1, *size) > 0.2) if masked else None
+    for squared in (True, False):
+        _assert_matches_reference(x, y, dict(gamma=gamma, nonlin="sigmoid", squared=squared), mask)
+
+
 @pytest.mark.parametrize("kernel", ["LabelMapPMDiceSums", "TwoClassPMDiceSums"])
 def test_confident_background_keeps_float32_precision(kernel):
     """A large, confidently predicted background keeps its small denominator terms in float32.
@@ -513,11 +527,14 @@ def test_value_is_in_unit_interval_and_decreases_when_prediction_improves():
     assert math.isfinite(values[2])
 
 
+@pytest.mark.parametrize("wrapper", ["nnunet", "plugin"])
 @pytest.mark.parametrize("C", [2, 3])
-def test_deep_supervision_list_matches_reference_per_scale(C):
-    """nnU-Net's DeepSupervisionWrapper around the fused loss == the weighted reference at every scale."""
+def test_deep_supervision_list_matches_reference_per_scale(C, wrapper):
+    """nnU-Net's DeepSupervisionWrapper and the trainers' DeepSupervisionLoss around the fused loss == the
+    weighted reference at every scale."""
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
+    from nnunet_pmdice.trainers.loss_builder import DeepSupervisionLoss, deep_supervision_weights
+    DeepSupervisionWrapper = DeepSupervisionWrapper if wrapper == "nnunet" else DeepSupervisionLoss
     torch.manual_seed(13)
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]
     xs = [torch.randn(2, C, *s, requires_grad=True) for s in sizes]
@@ -532,6 +549,33 @@ def test_deep_supervision_list_matches_reference_per_scale(C):
     g_ref = torch.autograd.grad(ref, xs[:-1])
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_deep_supervision_checks_the_target_values_once_per_step(monkeypatch):
+    """The trainers' wrapper checks the full-resolution target (a bad label there still fails with the loss's
+    message) and runs the lower scales, derived from it, without a value check of their own."""
+    from nnunet_pmdice.losses import CEPMDiceLoss, _checks
+    from nnunet_pmdice.trainers.loss_builder import DeepSupervisionLoss, deep_supervision_weights
+    torch.manual_seed(14)
+    sizes = [(16, 16), (8, 8), (4, 4)]
+    xs = [torch.randn(2, 3, *s, requires_grad=True) for s in sizes]
+    t0 = torch.randint(0, 3, (2, 1, 16, 16)).to(torch.int16)
+    ts = [torch.nn.functional.interpolate(t0.float(), size=s, mode="nearest-exact").to(torch.int16) for s in sizes]
+    calls = []
+    real = _checks._check_values
+    monkeypatch.setattr(_checks, "_check_values", lambda *a: calls.append(a[3].shape) or real(*a))
+    for loss in (PMDiceLoss(gamma=2.0, gamma_bg=1.0), CEPMDiceLoss(gamma=1.0)):
+        calls.clear()
+        DeepSupervisionLoss(loss, deep_supervision_weights(3, ddp=True))(xs, ts).backward()
+        assert calls == [torch.Size([2, 1, 16, 16])]  # three scales with a weight, one check
+    bad = t0.clone()
+    bad[0, 0, 3, 3] = 5
+    with pytest.raises(ValueError, match="target holds label 5 but the logits have C=3"):
+        DeepSupervisionLoss(PMDiceLoss(), deep_supervision_weights(3))(xs, [bad] + ts[1:])
+    # outside the wrapper every call checks its own target again
+    calls.clear()
+    PMDiceLoss()(xs[1], ts[1])
+    assert len(calls) == 1
 
 
 # -- the two-class kernel ----------------------------------------------------------------------------

@@ -5,13 +5,21 @@ logits and label maps and prints a table with ratios to nnU-Net's losses measure
 
 - the Dice-type rows against nnU-Net's ``MemoryEfficientSoftDiceLoss`` (softmax, ``do_bg=False``,
   smooth 1e-5: what ``nnUNetTrainer`` uses), the compound rows against nnU-Net's ``DC_and_CE_loss``;
+  every PM Dice setting of the paper (:data:`PM_SETTINGS`) is a row;
+- region (sigmoid) rows on a bool multi-hot target: PM Dice with ``nonlin="sigmoid"`` against nnU-Net's
+  Dice as ``DC_and_BCE_loss`` builds it (sigmoid, ``do_bg=True``), BCE + PM Dice against ``DC_and_BCE_loss``;
 - "PM Dice (plain autograd)" is eq. 5 written the obvious way (``losses.reference``): the "before";
-- deep-supervision rows run the whole list of outputs an nnU-Net plan produces, weighted as nnU-Net does;
+- deep-supervision rows run the whole list of outputs an nnU-Net plan produces, weighted as nnU-Net does,
+  through the wrapper a trainer uses (nnU-Net's ``DeepSupervisionWrapper`` for nnU-Net's losses, the
+  plugin's ``DeepSupervisionLoss``, which checks the target's values once per step, for the plugin's);
 - the training-iteration rows run one full ``nnUNetTrainer.train_step`` (forward, loss, backward,
-  optimiser step) of nnU-Net's default trainer and of ``nnUNetTrainerPMDice`` on the same batch.
+  optimiser step) of nnU-Net's default trainer and of plugin trainers on the same batch;
+- the PM Dice rows are summarised against the targets :data:`TIME_TARGET_MAX` (worst shape),
+  :data:`TIME_TARGET_MEDIAN` (median over the shapes) and :data:`MEMORY_TARGET_MAX`.
 
-Time: median over ``repeat`` runs after ``warmup`` runs, each run timed alone by PyTorch's benchmark clock
-(``torch.utils.benchmark``'s ``timer``, which synchronises the accelerator first). Peak extra memory:
+Time: median over ``repeat`` calls after ``warmup`` calls, each call timed alone by PyTorch's benchmark clock
+(``torch.utils.benchmark``'s ``timer``, which synchronises the accelerator first); the calls of the rows
+of one shape (and of the trainers) are interleaved, one of each in turn. Peak extra memory:
 CUDA from ``torch.cuda.max_memory_allocated`` minus the memory held before the call; CPU from
 PyTorch's memory profiler (``torch.profiler`` with ``profile_memory``): the peak of the running sum of
 the sizes of tensors created minus destroyed during one forward+backward, the input gradient included.
@@ -53,69 +61,101 @@ class LossCase:
 
     name: str
     baseline: str  # the row this one is compared with ("" for a baseline itself)
-    make: Callable[[], Callable]  # () -> loss(logits, target)
+    make: Callable[[int], Callable]  # (number of output channels) -> loss(logits, target)
+    #: the target it takes: "labels" (an integer label map, B x 1) or "regions" (bool multi-hot, B x C, as
+    #: nnU-Net's region training feeds it)
+    target: str = "labels"
+    #: one of nnU-Net's own losses (deep supervision through nnU-Net's wrapper) rather than this package's
+    nnunet: bool = False
 
 
-def _nnunet_dice():
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    from nnunetv2.utilities.helpers import softmax_helper_dim1
-    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=False,
-                                       smooth=1e-5, ddp=False)
+def _nnunet_dice(do_bg=False, nonlin="softmax"):
+    def make(_c):
+        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+        from nnunetv2.utilities.helpers import softmax_helper_dim1
+        return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1 if nonlin == "softmax" else torch.sigmoid,
+                                           batch_dice=False, do_bg=do_bg, smooth=1e-5, ddp=False)
+    return make
 
 
-def _nnunet_dice_bg():
-    """nnU-Net's Dice with the background channel, as PM Dice has it (the paper's eq. 4-5): like for like."""
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    from nnunetv2.utilities.helpers import softmax_helper_dim1
-    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=True,
-                                       smooth=1e-5, ddp=False)
-
-
-def _nnunet_dc_ce():
+def _nnunet_dc_ce(_c):
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
                           weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
 
 
-def _pm(**kw):
-    def make():
-        from nnunet_pmdice.losses import PMDiceLoss
-        return PMDiceLoss(**kw)
-    return make
+def _nnunet_dc_bce(_c):
+    """nnU-Net's region loss as ``nnUNetTrainer._build_loss`` builds it for a region dataset."""
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    return DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False},
+                           use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
 
 
-def _pm_compound(cls_name, **kw):
-    def make():
+#: the per-class gammas of the "per-class list" rows: four different values, the first C of them
+PER_CLASS_GAMMAS = (1.0, 2.0, 0.5, 5.0)
+
+
+def _pm(cls_name="PMDiceLoss", per_class=False, **kw):
+    def make(c):
         from nnunet_pmdice import losses
+        if per_class:
+            kw["gamma"] = list(PER_CLASS_GAMMAS[:c])
         return getattr(losses, cls_name)(**kw)
     return make
 
 
-def _reference():
+def _reference(_c):
     from nnunet_pmdice.losses.reference import reference_pm_dice
     return lambda x, t: reference_pm_dice(x, t, gamma=1.0)
 
 
 DICE_BASE = "nnU-Net MemoryEfficientSoftDiceLoss"
 CE_BASE = "nnU-Net DC_and_CE_loss"
+REGION_DICE_BASE = "nnU-Net region Dice (sigmoid)"
+BCE_BASE = "nnU-Net DC_and_BCE_loss"
+
+#: the PM Dice settings the paper uses (its gamma sweep, its MSSEG setting) and a per-class list: each a row in
+#: label (softmax) and, where it has a meaning there, region (sigmoid) mode
+PM_SETTINGS: Dict[str, dict] = {
+    "gamma 0": dict(gamma=0.0), "gamma 0.5": dict(gamma=0.5), "gamma 1": dict(gamma=1.0),
+    "gamma 2": dict(gamma=2.0), "gamma 5": dict(gamma=5.0), "gamma 2, gamma_bg 1": dict(gamma=2.0, gamma_bg=1.0),
+    "per-class gamma (1, 2, 0.5, 5)": dict(per_class=True),
+}
+#: the targets of the PM Dice rows against nnU-Net's loss of the same kind (from the benchmark, not from tests)
+TIME_TARGET_MAX, TIME_TARGET_MEDIAN, MEMORY_TARGET_MAX = 1.2, 1.0, 1.1
 
 
 def default_cases() -> List[LossCase]:
     cases = [
-        LossCase(DICE_BASE, "", _nnunet_dice),
-        LossCase(CE_BASE, "", _nnunet_dc_ce),
-        LossCase("nnU-Net MemoryEfficientSoftDiceLoss, do_bg=True", DICE_BASE, _nnunet_dice_bg),
-        LossCase("PM Dice gamma 1", DICE_BASE, _pm(gamma=1.0)),
-        LossCase("PM Dice gamma 2, gamma_bg 1", DICE_BASE, _pm(gamma=2.0, gamma_bg=1.0)),
-        LossCase("PM Dice gamma 0.5", DICE_BASE, _pm(gamma=0.5)),
+        LossCase(DICE_BASE, "", _nnunet_dice(), nnunet=True),
+        LossCase(CE_BASE, "", _nnunet_dc_ce, nnunet=True),
+        LossCase(REGION_DICE_BASE, "", _nnunet_dice(do_bg=True, nonlin="sigmoid"), "regions", nnunet=True),
+        LossCase(BCE_BASE, "", _nnunet_dc_bce, "regions", nnunet=True),
+        LossCase("nnU-Net MemoryEfficientSoftDiceLoss, do_bg=True", DICE_BASE, _nnunet_dice(do_bg=True), nnunet=True),
+    ]
+    cases += [LossCase(f"PM Dice {label}", DICE_BASE, _pm(**kw)) for label, kw in PM_SETTINGS.items()]
+    cases += [
         LossCase("PM Dice gamma 1, batch Dice", DICE_BASE, _pm(gamma=1.0, batch_dice=True)),
         LossCase("PM Dice (plain autograd)", DICE_BASE, _reference),
-        LossCase("CE + PM Dice", CE_BASE, _pm_compound("CEPMDiceLoss", gamma=1.0)),
-        LossCase("Focal CE + PM Dice", CE_BASE, _pm_compound("FocalCEPMDiceLoss", gamma=1.0)),
-        LossCase("TopK CE + PM Dice", CE_BASE, _pm_compound("TopKCEPMDiceLoss", gamma=1.0)),
+        LossCase("CE + PM Dice", CE_BASE, _pm("CEPMDiceLoss", gamma=1.0)),
+        LossCase("CE + PM Dice gamma 2, gamma_bg 1", CE_BASE, _pm("CEPMDiceLoss", gamma=2.0, gamma_bg=1.0)),
+        LossCase("Focal CE + PM Dice", CE_BASE, _pm("FocalCEPMDiceLoss", gamma=1.0)),
+        LossCase("TopK CE + PM Dice", CE_BASE, _pm("TopKCEPMDiceLoss", gamma=1.0)),
     ]
+    cases += [LossCase(f"PM Dice {label} (regions)", REGION_DICE_BASE, _pm(nonlin="sigmoid", **kw), "regions")
+              for label, kw in PM_SETTINGS.items() if "gamma_bg" not in kw]
+    cases.append(LossCase("BCE + PM Dice (regions)", BCE_BASE, _pm("PMDiceBCELoss", gamma=1.0), "regions"))
     return cases + _other_package_losses()
+
+
+def pm_rows(rows: List[dict]) -> List[str]:
+    """The PM Dice rows the targets apply to: every setting of :data:`PM_SETTINGS`, label and region mode."""
+    names = [f"PM Dice {label}" for label in PM_SETTINGS]
+    names += [f"PM Dice {label} (regions)" for label, kw in PM_SETTINGS.items() if "gamma_bg" not in kw]
+    present = {r["loss"] for r in rows}
+    return [n for n in names if n in present]
 
 
 def _other_package_losses() -> List[LossCase]:
@@ -126,7 +166,7 @@ def _other_package_losses() -> List[LossCase]:
                             ("LogDiceLoss", "Logarithmic Dice"), ("WangFocalDiceLoss", "Focal Dice (Wang/Prencipe)")):
         cls = getattr(losses, cls_name, None)
         if cls is not None:
-            found.append(LossCase(label, DICE_BASE, lambda cls=cls: cls()))
+            found.append(LossCase(label, DICE_BASE, lambda _c, cls=cls: cls()))
     return found
 
 
@@ -201,62 +241,109 @@ def _inputs(shape, device, dtype, seed=0):
     return x, t
 
 
+def _regions(shape, device, seed=1):
+    """A bool multi-hot target of C nested regions (label >= 1, >= 2, ...), as nnU-Net's region training has it."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, shape[1] + 1, (shape[0], 1, *shape[2:]), generator=g)
+    return torch.cat([labels > r for r in range(shape[1])], 1).to(device)
+
+
+def _downsampled(t, size):
+    """Nearest-neighbour downsampling of a target, as nnU-Net's ``DownsampleSegForDSTransform`` (dtype kept)."""
+    return torch.nn.functional.interpolate(t.float(), size=size, mode="nearest-exact").to(t.dtype)
+
+
 def _ds_inputs(shape, n_outputs, device, dtype):
-    xs, ts = [], []
+    xs, ts, rs = [], [], []
     x0, t0 = _inputs(shape, device, dtype)
+    r0 = _regions(shape, device)
     for i in range(n_outputs):
         size = [max(1, s // (2 ** i)) for s in shape[2:]]
         if i == 0:
             xs.append(x0)
             ts.append(t0)
+            rs.append(r0)
             continue
         g = torch.Generator().manual_seed(i)
         xs.append((2 * torch.randn(shape[0], shape[1], *size, generator=g)).to(device=device, dtype=dtype)
                   .requires_grad_())
-        ts.append(torch.nn.functional.interpolate(t0.float(), size=size, mode="nearest").long())
-    return xs, ts
+        ts.append(_downsampled(t0, size))
+        rs.append(_downsampled(r0, size))
+    return xs, ts, rs
 
 
-def _ds_wrap(loss, n):
+def _ds_wrap(loss, n, nnunet: bool):
+    """The deep-supervision wrapper a trainer puts around the loss: nnU-Net's for nnU-Net's losses, the plugin's
+    (:class:`~nnunet_pmdice.trainers.loss_builder.DeepSupervisionLoss`, values checked once per step) for ours."""
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunet_pmdice.trainers.loss_builder import deep_supervision_weights
-    return DeepSupervisionWrapper(loss, deep_supervision_weights(n))
+    from nnunet_pmdice.trainers.loss_builder import DeepSupervisionLoss, deep_supervision_weights
+    return (DeepSupervisionWrapper if nnunet else DeepSupervisionLoss)(loss, deep_supervision_weights(n))
 
 
 def run_loss_benchmark(shapes: Dict[str, Tuple[int, ...]], ds_shapes: Dict[str, Tuple[Tuple[int, ...], int]],
                        cases: Sequence[LossCase], device: torch.device, warmup: int = 2, repeat: int = 10,
                        autocast_dtype=None, compile_losses: bool = False, memory: bool = True,
                        progress: bool = True) -> List[dict]:
+    """One row per (shape, case): median forward+backward milliseconds and peak extra MiB.
+
+    The calls of every case of a shape are interleaved (one call of each case in turn, ``repeat``
+    rounds after ``warmup`` rounds), so a slow spell of the machine falls on every row of the shape
+    alike rather than on whichever row ran during it: the ratios are what the benchmark reports.
+    """
     from tqdm import tqdm
     jobs = [(label, shape, None) for label, shape in shapes.items()]
     jobs += [(label, shape, n) for label, (shape, n) in ds_shapes.items()]
     rows = []
-    bar = tqdm(total=len(jobs) * len(cases), desc="losses", unit="run", disable=not progress)
+    bar = tqdm(total=len(jobs) * len(cases), desc="losses", unit="row", disable=not progress)
     for label, shape, n_ds in jobs:
         if n_ds is None:
             logits, target = _inputs(shape, device, torch.float32)
+            targets = {"labels": target, "regions": _regions(shape, device)}
         else:
-            logits, target = _ds_inputs(shape, n_ds, device, torch.float32)
+            logits, target, regions = _ds_inputs(shape, n_ds, device, torch.float32)
+            targets = {"labels": target, "regions": regions}
+        fns = []
         for case in cases:
-            bar.set_postfix_str(f"{label}: {case.name}")
-            loss = case.make()
+            loss = case.make(shape[1])
             if isinstance(loss, torch.nn.Module):
                 loss = loss.to(device)
             if n_ds is not None:
                 if not isinstance(loss, torch.nn.Module):
-                    bar.update()
                     continue  # the plain-autograd reference is a function; DS rows use modules
-                loss = _ds_wrap(loss, n_ds)
+                loss = _ds_wrap(loss, n_ds, case.nnunet)
             fn = torch.compile(loss) if compile_losses else loss
-            seconds = time_fwd_bwd(fn, logits, target, warmup, repeat, autocast_dtype)
-            mem = peak_extra_memory(fn, logits, target, autocast_dtype) if memory else float("nan")
-            rows.append(dict(shape=label, loss=case.name, baseline=case.baseline, ms=seconds * 1e3,
+            fns.append((case, fn, targets[case.target]))
+        bar.set_postfix_str(label)
+        steps = [lambda fn=fn, t=t: _fwd_bwd(fn, logits, t, autocast_dtype) for _c, fn, t in fns]
+        seconds = interleaved_median_seconds(steps, warmup, repeat)
+        for (case, fn, t), sec in zip(fns, seconds):
+            mem = peak_extra_memory(fn, logits, t, autocast_dtype) if memory else float("nan")
+            rows.append(dict(shape=label, loss=case.name, baseline=case.baseline, ms=sec * 1e3,
                              peak_mib=mem / 2 ** 20))
             bar.update()
-        del logits, target
+        bar.update(len(cases) - len(fns))
+        del logits, target, targets, fns, steps
     bar.close()
     _add_ratios(rows)
     return rows
+
+
+def interleaved_median_seconds(steps: Sequence[Callable[[], object]], warmup: int, repeat: int) -> List[float]:
+    """Median seconds of each step over ``repeat`` rounds, each round calling every step once, in turn.
+
+    Timed like :func:`median_seconds` (each call alone, the accelerator synchronised); ``warmup`` rounds
+    first.
+    """
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times: List[List[float]] = [[] for _ in steps]
+    for _ in range(repeat):
+        for i, step in enumerate(steps):
+            t0 = synced_clock()
+            step()
+            times[i].append(synced_clock() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _add_ratios(rows: List[dict]) -> None:
@@ -320,10 +407,19 @@ def _ready_trainer(name: str, plans: dict, dataset_json: dict, device: torch.dev
     return tr
 
 
+TRAIN_STEP_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerPMDice", "nnUNetTrainerPMDice_g2_bg1", "nnUNetTrainerCEPMDice")
+#: the target for a training iteration with a plugin trainer, as a ratio to nnUNetTrainer's
+TRAIN_STEP_TARGET = 1.02
+
+
 def run_training_iteration_benchmark(device: torch.device, patch=(128, 128), batch_size=4, n_stages=6,
                                      num_classes=4, warmup=2, repeat=7,
-                                     trainers=("nnUNetTrainer", "nnUNetTrainerPMDice")) -> List[dict]:
-    """Median seconds of one real ``train_step`` of each trainer on the same batch."""
+                                     trainers=TRAIN_STEP_TRAINERS) -> List[dict]:
+    """Median seconds of one real ``train_step`` of each trainer on the same batch, the trainers' calls interleaved.
+
+    The batch is what nnU-Net's data loader gives: float32 images, int16 label maps at every
+    deep-supervision scale (nearest-neighbour downsampled).
+    """
     import os
     dim = len(patch)
     features = [min(32 * 2 ** i, 320 if dim == 3 else 512) for i in range(n_stages)]
@@ -333,27 +429,51 @@ def run_training_iteration_benchmark(device: torch.device, patch=(128, 128), bat
                     "numTraining": 1, "file_ending": ".nii.gz"}
     g = torch.Generator().manual_seed(0)
     data = torch.randn(batch_size, 1, *patch, generator=g)
-    seg = torch.randint(0, num_classes, (batch_size, 1, *patch), generator=g).float()
-    targets = [seg if i == 0 else torch.nn.functional.interpolate(seg, size=[s // 2 ** i for s in patch],
-                                                                   mode="nearest") for i in range(n_stages - 1)]
+    seg = torch.randint(0, num_classes, (batch_size, 1, *patch), generator=g).to(torch.int16)
+    targets = [seg if i == 0 else _downsampled(seg, [s // 2 ** i for s in patch]) for i in range(n_stages - 1)]
     batch = {"data": data, "target": targets}
-    rows = []
     old = os.environ.get("nnUNet_results")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["nnUNet_results"] = tmp
         try:
-            for name in trainers:
-                tr = _ready_trainer(name, plans, dataset_json, device)
-                seconds = median_seconds(lambda: tr.train_step(batch), warmup, repeat)
-                rows.append(dict(trainer=name, ms=seconds * 1e3))
+            ready = [_ready_trainer(name, plans, dataset_json, device) for name in trainers]
+            seconds = interleaved_median_seconds([lambda tr=tr: tr.train_step(batch) for tr in ready], warmup, repeat)
         finally:
             if old is None:
                 os.environ.pop("nnUNet_results", None)
             else:
                 os.environ["nnUNet_results"] = old
+    rows = [dict(trainer=name, ms=sec * 1e3) for name, sec in zip(trainers, seconds)]
     for r in rows:
         r["ratio"] = r["ms"] / rows[0]["ms"]
     return rows
+
+
+def target_summary(rows: List[dict]) -> List[dict]:
+    """Per PM Dice row (:func:`pm_rows`): the worst and the median time ratio over the shapes (deep-supervision
+    lists included) and the worst memory ratio, each against its target (:data:`TIME_TARGET_MAX`,
+    :data:`TIME_TARGET_MEDIAN`, :data:`MEMORY_TARGET_MAX`).
+
+    >>> rows = [dict(shape=s, loss="PM Dice gamma 1", time_ratio=t, mem_ratio=0.9) for s, t in (("a", 0.8), ("b", 1.1))]
+    >>> e = target_summary(rows)[0]
+    >>> e["max_time_ratio"], round(e["median_time_ratio"], 2), e["met"]
+    (1.1, 0.95, True)
+    >>> target_summary([dict(r, time_ratio=1.3) if r["shape"] == "b" else r for r in rows])[0]["met"]
+    False
+    """
+    out = []
+    for name in pm_rows(rows):
+        mine = [r for r in rows if r["loss"] == name]
+        times = [r["time_ratio"] for r in mine]
+        mems = [r["mem_ratio"] for r in mine if not math.isnan(r["mem_ratio"])]
+        worst_mem = max(mems) if mems else float("nan")
+        entry = dict(loss=name, shapes=len(mine), max_time_ratio=max(times), median_time_ratio=statistics.median(times),
+                     max_mem_ratio=worst_mem)
+        entry["time_met"] = entry["max_time_ratio"] <= TIME_TARGET_MAX and entry["median_time_ratio"] <= TIME_TARGET_MEDIAN
+        entry["mem_met"] = (not mems) or worst_mem <= MEMORY_TARGET_MAX
+        entry["met"] = entry["time_met"] and entry["mem_met"]
+        out.append(entry)
+    return out
 
 
 # -- output --------------------------------------------------------------------------------------------------
@@ -373,6 +493,16 @@ def markdown_table(rows: List[dict]) -> str:
 def markdown_training_table(rows: List[dict]) -> str:
     lines = ["| trainer | train_step ms | x nnUNetTrainer |", "|---|---:|---:|"]
     lines += [f"| {r['trainer']} | {r['ms']:.1f} | {r['ratio']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_target_table(summary: List[dict]) -> str:
+    lines = [f"| PM Dice setting | worst x nnU-Net (target <= {TIME_TARGET_MAX:g}) | median x nnU-Net (target <= "
+             f"{TIME_TARGET_MEDIAN:g}) | worst memory x nnU-Net (target <= {MEMORY_TARGET_MAX:g}) | targets met |",
+             "|---|---:|---:|---:|---|"]
+    for e in summary:
+        lines.append(f"| {e['loss']} | {e['max_time_ratio']:.2f} | {e['median_time_ratio']:.2f} | "
+                     f"{_fmt(e['max_mem_ratio'], '.2f')} | {'yes' if e['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -398,14 +528,18 @@ def plot_ratios(rows: List[dict], path: Path, title: str) -> None:
     save_figure(fig, path, tight=False)
 
 
-def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dict) -> None:
+def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dict,
+                  targets: Optional[Dict[str, List[dict]]] = None) -> None:
     """Writes ``loss_benchmark.{csv,json,md,png}`` into ``out`` (each file atomically)."""
     from ..evaluation.aggregate import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "loss_benchmark.csv", rows)
-    write_json(out / "loss_benchmark.json", {"meta": meta, "losses": rows, "train_step": train_rows})
+    write_json(out / "loss_benchmark.json", {"meta": meta, "losses": rows, "train_step": train_rows,
+                                              "targets": targets or {}})
     md = [markdown_table(rows)]
+    for setting, summary in (targets or {}).items():
+        md += ["", f"PM Dice against its targets ({setting}):", "", markdown_target_table(summary)]
     if train_rows:
         md += ["", markdown_training_table(train_rows)]
     write_text(out / "loss_benchmark.md", "\n".join(md) + "\n")
@@ -446,21 +580,25 @@ def run(args) -> int:
     meta = dict(device=str(torch.cuda.get_device_name(device)) if device.type == "cuda"
                 else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                 torch=torch.__version__, repeat=args.repeat, warmup=args.warmup)
-    all_rows = []
+    all_rows, targets = [], {}
     for label, dtype, comp in settings:
         rows = run_loss_benchmark(shapes, ds, cases, device, args.warmup, args.repeat, dtype, comp,
                                   memory=not args.no_memory)
         for r in rows:
             r["setting"] = label
         all_rows += rows
+        targets[label] = target_summary(rows)
         print(f"\n## {meta['device']}, {label}\n")
         print(markdown_table(rows))
+        print(f"\n### PM Dice against its targets ({label})\n")
+        print(markdown_target_table(targets[label]))
     train_rows = []
     if not args.no_train_step:
         kw = dict(patch=(64, 64), batch_size=2, n_stages=4, repeat=3) if args.quick else {}
         train_rows = run_training_iteration_benchmark(device, **kw)
         print("\n## One nnU-Net training iteration (train_step), same batch\n")
         print(markdown_training_table(train_rows))
-    write_outputs(all_rows, train_rows, Path(args.out), meta)
+        print(f"(target for the plugin trainers: <= {TRAIN_STEP_TARGET:g} x nnUNetTrainer)")
+    write_outputs(all_rows, train_rows, Path(args.out), meta, targets)
     print(f"\nwrote {Path(args.out).resolve()}/loss_benchmark.{{md,csv,json,png}}")
     return 0

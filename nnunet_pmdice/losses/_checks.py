@@ -8,13 +8,18 @@ Cost: the shape checks read no data. The value checks of one loss call (:func:`p
 read the target and the mask, never the logits: one reduction over the target for its range (two for a
 float label map, which is also compared with its int64 conversion to find non-whole labels) and one
 over a non-bool mask; a bool target or mask needs none. Their results are read back together with
-**one** device synchronisation per call. A compiled loss does not run them (they are skipped while
+**one** device synchronisation per call. Inside :func:`values_checked` they are skipped: the
+deep-supervision wrapper (:class:`~nnunet_pmdice.trainers.loss_builder.DeepSupervisionLoss`) checks the full-resolution
+target once per training step and calls the lower output scales, whose targets nnU-Net derives from it
+by nearest-neighbour downsampling, inside it. A compiled loss does not run them (they are skipped while
 ``torch.compile`` traces it, where a data-dependent branch would break the graph): the trainers
 compile the loss when nnU-Net compiles its own (CUDA, ``nnUNet_compile`` not false), so there only the
 shape checks guard the inputs.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from numbers import Real
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
@@ -23,6 +28,35 @@ import torch
 
 GammaArg = Union[float, int, Sequence[float], torch.Tensor]
 NONLINS = ("softmax", "sigmoid")
+
+#: True inside :func:`values_checked`: the caller has checked the values of the target and mask already
+_VALUES_CHECKED = contextvars.ContextVar("nnunet_pmdice_values_checked", default=False)
+
+
+@contextlib.contextmanager
+def values_checked():
+    """Inside this block the loss calls skip their value checks (the shape checks still run).
+
+    For a caller that has checked the values of the same data already: the deep-supervision wrapper
+    checks the full-resolution target and calls the loss on the lower scales, derived from it by
+    nearest-neighbour downsampling (no value the full-resolution target lacks), inside this block.
+
+    Example:
+        >>> import torch
+        >>> from nnunet_pmdice.losses import PMDiceLoss
+        >>> bad = torch.full((1, 1, 4, 4), 7)
+        >>> with values_checked():
+        ...     _ = PMDiceLoss()(torch.randn(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))  # checked by the caller
+        >>> PMDiceLoss()(torch.randn(1, 2, 4, 4), bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: target holds label 7 but the logits have C=2 channels: labels must be in 0..1 (map an ignore label to a loss_mask first)
+    """
+    token = _VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED.reset(token)
 
 
 def _scalar(value):
@@ -218,7 +252,7 @@ def prepare_inputs(logits: torch.Tensor, target, loss_mask, nonlin: str) -> Loss
     kind, raw = _target_layout(logits, target, nonlin)
     mask = _mask_layout(logits, loss_mask)
     t = raw.to(torch.int64) if kind == "labels" else raw
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not _VALUES_CHECKED.get():
         _check_values(logits.shape[1], kind, raw, t, mask)
     return LossInputs(kind, t, mask)
 

@@ -35,7 +35,7 @@ logits' dtype, because fp16 sums overflow under autocast.
 from __future__ import annotations
 
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -46,52 +46,96 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-#: Largest exponent that :func:`powf` builds from multiplications. Exponentiation by squaring takes
-#: floor(log2 e) squarings and one multiplication per further set bit of e, each a full pass over the
-#: tensor: at most 8 passes (a copy, 4 squarings, 3 multiplications) up to 16. The paper's gammas
-#: (0 to 5) plus the denominator's offset 2 stay far below; larger exponents take one ``pow``.
+#: Largest exponent that :func:`powf` builds from multiplications (see :data:`_CHAINS`). The paper's
+#: gammas (0 to 5) plus the denominator's offset 2 stay far below; larger exponents take one ``pow``.
 _MAX_MULTIPLIED_EXPONENT = 16
+
+
+def _shortest_chains(limit: int) -> Dict[int, Tuple[str, ...]]:
+    """For each integer exponent 2..limit, the shortest sequence of one-pass steps building ``t ** e`` in one buffer.
+
+    The first step makes the buffer (``"sq"``: t * t, exponent 2; ``"cube"``: aten's fast ``t ** 3``);
+    each further step works in place in it: ``"sq"`` squares it (x2), ``"cube"`` cubes it (x3), ``"t"``
+    multiplies by t (+1). Each step is one pass over the tensor, and there is one allocation in all
+    (exponentiation by squaring needs a temporary per squaring): 5 -> sq, sq, t; 7 -> sq, cube, t.
+
+    >>> _shortest_chains(8)[7], _shortest_chains(8)[8]
+    (('sq', 'cube', 't'), ('sq', 'sq', 'sq'))
+    """
+    chains = {2: ("sq",), 3: ("cube",)}
+    frontier = [2, 3]
+    while frontier:
+        nxt = []
+        for e in frontier:
+            for step, f in (("sq", e * 2), ("cube", e * 3), ("t", e + 1)):
+                if f <= limit and f not in chains:
+                    chains[f] = chains[e] + (step,)
+                    nxt.append(f)
+        frontier = nxt
+    return chains
+
+
+#: The step sequences of :func:`powf` for integer exponents (found once, breadth first: fewest passes)
+_CHAINS = _shortest_chains(_MAX_MULTIPLIED_EXPONENT)
+
+
+def sqrt(t: torch.Tensor) -> torch.Tensor:
+    """``t ** 0.5`` for t >= 0 as a new tensor.
+
+    On the CPU as ``1 / rsqrt(t)``: PyTorch's vectorised CPU ``sqrt`` (and ``pow(t, 0.5)``) takes a slow
+    path on zeros, about 4x the time of the whole pass when a quarter of the elements are 0, which is
+    what the label-map kernel's zeroed label positions are; ``rsqrt`` does not, and ``1 / rsqrt(0) =
+    1 / inf = 0`` exactly. Relative error about 1e-7 (two roundings). Elsewhere ``torch.sqrt``.
+
+    Example:
+        >>> import torch
+        >>> t = torch.tensor([0.0, 0.25, 4.0])
+        >>> sqrt(t).tolist()
+        [0.0, 0.5, 2.0]
+    """
+    if t.device.type == "cpu":
+        return torch.rsqrt(t).reciprocal_()
+    return t.sqrt()
 
 
 def powf(t: torch.Tensor, e: float) -> torch.Tensor:
     """``t ** e`` for t >= 0 as a new tensor, taking the cheap route for the exponents PM Dice uses.
 
-    ``torch.pow`` with a general exponent costs a transcendental per element; integer and
-    half-integer exponents up to ``_MAX_MULTIPLIED_EXPONENT`` are built from multiplications and one
-    square root instead.
+    ``torch.pow`` with a general exponent costs a transcendental per element; integer exponents up to
+    ``_MAX_MULTIPLIED_EXPONENT`` are built in one buffer from one-pass steps (:data:`_CHAINS`), and
+    half-integer ones as ``t ** (e - 0.5) / rsqrt(t)`` (a CPU ``sqrt`` is slow on zeros, see
+    :func:`sqrt`; ``x / rsqrt(0) = x / inf = 0``).
 
     Example:
         >>> import torch
         >>> t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
-        >>> [bool(torch.equal(powf(t, e), t ** e)) for e in (0, 1, 2, 5, 16)]
-        [True, True, True, True, True]
+        >>> [bool(torch.equal(powf(t, e), t ** e)) for e in (0, 1, 2, 5, 7, 16)]
+        [True, True, True, True, True, True]
         >>> bool(torch.allclose(powf(t, 2.5), t ** 2.5)), bool(torch.allclose(powf(t, 17.0), t ** 17))
         (True, True)
     """
+    e = float(e)
     if e == 0:
         return torch.ones_like(t)
     if e == 1:
         return t.clone()
-    if e == 2:
-        return t * t
-    if e == 3:
-        return t.pow(3)  # aten has a fast path for 3
     if e == 0.5:
-        return t.sqrt()
-    if float(e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
-        n, base, out = int(e), t, None
-        while n:  # exponentiation by squaring
-            if n & 1:
-                if out is None:
-                    out = base.clone() if base is t else base
-                else:
-                    out.mul_(base)
-            n >>= 1
-            if n:
-                base = base * base
+        return sqrt(t)
+    if e.is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
+        out = None
+        for step in _CHAINS[int(e)]:
+            if step == "sq":
+                out = t * t if out is None else out.mul_(out)
+            elif step == "cube":
+                out = t.pow(3) if out is None else out.pow_(3)  # aten's fast path for 3: x * x * x
+            else:
+                out.mul_(t)
         return out
-    if float(2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
-        return powf(t, e - 0.5).mul_(t.sqrt())
+    if (2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
+        root = torch.rsqrt(t) if t.device.type == "cpu" else None
+        if root is None:
+            return powf(t, e - 0.5).mul_(t.sqrt())
+        return (t.clone() if e == 1.5 else powf(t, e - 0.5)).div_(root)
     return t.pow(e)
 
 
@@ -108,22 +152,6 @@ def sum_pow(t: torch.Tensor, e: float, dims: Sequence[int]) -> torch.Tensor:
 
 def _zeros_like_expanded(t: torch.Tensor) -> torch.Tensor:
     return torch.zeros((1,) * t.ndim, dtype=t.dtype, device=t.device).expand_as(t)
-
-
-def _label_gammas(groups: Groups, labels: torch.Tensor, dtype):
-    """The gamma at each pixel's label channel.
-
-    A float when every class has the same gamma; ``(g_a, g_b, w)`` for two channel groups (the usual
-    ``gamma_bg`` case), w = 1 where the label is in the second group; otherwise a per-pixel tensor.
-    A per-pixel exponent costs a transcendental per element, the two-group form two cheap powers and
-    one blend.
-    """
-    if len(groups) == 1:
-        return float(groups[0][2])
-    if len(groups) == 2:
-        return float(groups[0][2]), float(groups[1][2]), labels.ge(groups[1][0]).to(dtype)
-    gammas = [g for c0, c1, g in groups for _ in range(c0, c1)]
-    return torch.tensor(gammas, dtype=dtype, device=labels.device)[labels]
 
 
 def _ce_output(ctx, ce: Optional[torch.Tensor], dtype, device) -> torch.Tensor:
@@ -184,11 +212,15 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 else:
                     denom[:, c0:c1] = powered[:, c0:c1].sum(dims)
 
-            g_t = _label_gammas(groups, labels, cdt)
-            m_t = _modulation_at_labels(p_t, g_t, vmask)
+            m_t = _modulation_at_labels(p_t, groups, labels, vmask)
             inter_px = m_t * p_t
-            den_px = m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px)  # in m_t's buffer
-            del m_t
+            # m_t is kept for backward where recomputing it costs powers and blends (1/C of the logits' size);
+            # for gamma 0 and 1 backward applies it for free and its buffer takes the denominator term
+            keep_m = not (len(groups) == 1 and groups[0][2] in (0.0, 1.0))
+            den_px = (torch.addcmul(m_t, inter_px, p_t) if squared else m_t + inter_px) if keep_m else \
+                (m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px))
+            if not keep_m:
+                m_t = None
             # per-class sums of the label-channel terms: scatter_add into (rows, C), rows summed after
             R = B * (lab_rows := _scatter_rows(labels[0].numel(), p.device))
             lab = labels.reshape(R, -1)
@@ -202,17 +234,17 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             denom.add_(sums[1])
 
         ctx.mark_non_differentiable(gt_sum)
-        ctx.save_for_backward(labels, p, p_t, vmask)
+        ctx.save_for_backward(labels, p, p_t, vmask, m_t)
         # Not through save_for_backward: backward consumes it in place, and a second backward
         # (retain_graph=True) finds None and recomputes it from p.
         ctx.powered = powered
-        ctx.meta = (groups, squared, with_ce, logits.dtype, g_t)
+        ctx.meta = (groups, squared, with_ce, logits.dtype)
         return intersect, denom, gt_sum, _ce_output(ctx, ce, cdt, p.device)
 
     @staticmethod
     def backward(ctx, g_inter, g_denom, _g_gt, g_ce):
-        labels, p, p_t, vmask = ctx.saved_tensors
-        groups, squared, with_ce, in_dtype, g_t = ctx.meta
+        labels, p, p_t, vmask, m_t = ctx.saved_tensors
+        groups, squared, with_ce, in_dtype = ctx.meta
         B, C = p.shape[:2]
         with torch.autocast(p.device.type, enabled=False):
             zeros_bc = None
@@ -234,7 +266,10 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             gi = g_inter.gather(1, lab).view_as(p_t)
             gd = g_denom.gather(1, lab).view_as(p_t)
             G_t = gi.addcmul_(gd, p_t, value=2.0) if squared else gi.add_(gd)
-            _modulate_(G_t, p_t, g_t, vmask)
+            if m_t is not None:
+                G_t.mul_(m_t)  # zero at ignored pixels already
+            else:
+                _modulate_(G_t, p_t, groups, labels, vmask)
             # w = -s (+ the CE gradient), s = sum_c p_c G_c; written into gd's buffer
             w = torch.sum(D, 1, keepdim=True, out=gd).addcmul_(p_t, G_t).neg_()
             del gi, gd
@@ -428,51 +463,75 @@ def _powered(p: torch.Tensor, groups: Groups, offset: float, force: bool = False
 
 
 def _pow_into(dst: torch.Tensor, t: torch.Tensor, e: float) -> torch.Tensor:
-    """``t ** e`` written into ``dst`` (for t >= 0), without a temporary for the common exponents."""
+    """``t ** e`` written into ``dst`` (for t >= 0), by the steps of :func:`powf` but in ``dst`` itself."""
+    e = float(e)
     if e == 0:
         return dst.fill_(1.0)
     if e == 1:
         return dst.copy_(t)
-    if e == 2:
-        return torch.mul(t, t, out=dst)
-    if e == 3:
-        return torch.pow(t, 3, out=dst)
-    if e == 4:
-        return torch.mul(t, t, out=dst).mul_(dst)
     if e == 0.5:
-        return torch.sqrt(t, out=dst)
+        return torch.rsqrt(t, out=dst).reciprocal_() if t.device.type == "cpu" else torch.sqrt(t, out=dst)
+    if e.is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
+        first = True
+        for step in _CHAINS[int(e)]:
+            if step == "sq":
+                torch.mul(t, t, out=dst) if first else dst.mul_(dst)
+            elif step == "cube":
+                torch.pow(t, 3, out=dst) if first else dst.pow_(3)
+            else:
+                dst.mul_(t)
+            first = False
+        return dst
+    if (2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT and t.device.type == "cpu":
+        _pow_into(dst, t, e - 0.5)
+        return dst.div_(torch.rsqrt(t))
     return dst.copy_(powf(t, e))
 
 
-def _modulation_at_labels(p_t: torch.Tensor, g_t, vmask: Optional[torch.Tensor]) -> torch.Tensor:
-    """m at the label channel, (1 - p_t)**gamma_t, zero at ignored pixels. A new tensor."""
+def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tensor,
+                          vmask: Optional[torch.Tensor]) -> torch.Tensor:
+    """m at the label channel, (1 - p_t)**gamma_t, zero at ignored pixels. A new tensor.
+
+    One gamma: one power. Several channel groups (``gamma_bg``, a per-class list): each group's power
+    of the label-channel tensor, blended in where the pixel's label lies in that group (``lerp`` with
+    0/1 weights: exact), the groups' membership read from the label map.
+    A per-pixel exponent would cost a transcendental per element instead of a few multiplications.
+    """
     q = 1.0 - p_t
-    if isinstance(g_t, float):
-        m_t = q if g_t == 1.0 else powf(q, g_t)
-    elif isinstance(g_t, tuple):  # two groups: blend the two powers (lerp is exact at weights 0 and 1)
-        g_a, g_b, w = g_t
-        m_b = powf(q, g_b)
-        m_t = (q if g_a == 1.0 else powf(q, g_a)).lerp_(m_b, w)
+    g = float(groups[0][2])
+    if len(groups) == 1:
+        m_t = q if g == 1.0 else powf(q, g)
     else:
-        m_t = q.pow_(g_t)
+        m_t = powf(q, g)
+        for c0, _c1, g in groups[1:]:  # contiguous groups in channel order: a later group overrides
+            # lerp is exact at weights 0 and 1 (and far cheaper than torch.where on the CPU)
+            m_t.lerp_(powf(q, float(g)), labels.ge(c0).to(q.dtype))
     if vmask is not None:
         m_t.mul_(vmask)
     return m_t
 
 
-def _modulate_(G: torch.Tensor, p_t: torch.Tensor, g_t, vmask: Optional[torch.Tensor]) -> torch.Tensor:
+def _modulate_(G: torch.Tensor, p_t: torch.Tensor, groups: Groups, labels: torch.Tensor,
+               vmask: Optional[torch.Tensor]) -> torch.Tensor:
     """``G *= m_t`` in place (m_t as :func:`_modulation_at_labels`), without a temporary for gamma 0 and 1."""
-    if isinstance(g_t, float) and g_t == 1.0:
+    g = float(groups[0][2])
+    if len(groups) == 1 and g == 1.0:
         G.addcmul_(G, p_t, value=-1.0)  # G (1 - p_t)
-    elif not (isinstance(g_t, float) and g_t == 0.0):
-        G.mul_(_modulation_at_labels(p_t, g_t, None))
+    elif not (len(groups) == 1 and g == 0.0):
+        G.mul_(_modulation_at_labels(p_t, groups, labels, None))
     if vmask is not None:
         G.mul_(vmask)
     return G
 
 
 class DensePMDiceSums(torch.autograd.Function):
-    """Softmax or sigmoid + dense (one-hot, multi-hot or soft) target. Returns (intersect, denom, gt_sum)."""
+    """Softmax or sigmoid + dense (one-hot, multi-hot or soft) target. Returns (intersect, denom, gt_sum).
+
+    Each per-(sample, channel) sum is a dot product over the pixels (:func:`_pixel_dots`: no
+    elementwise product is materialised); the modulating term m is computed once in
+    forward, turned into m * p in place after its own dot product, and computed again in backward
+    rather than kept. With a bool target (nnU-Net's region targets) y**2 = y, which saves a product.
+    """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, y: torch.Tensor, valid: Optional[torch.Tensor],
@@ -486,12 +545,17 @@ class DensePMDiceSums(torch.autograd.Function):
             vmask = None if valid is None else valid.to(cdt)
             dims = tuple(range(2, p.ndim))
             m = _dense_modulation(p, yv, vmask, _groups_of(gammas))
-            mp = m * p
-            intersect = (mp * yv).sum(dims)
-            if squared:
-                denom = (mp * p).sum(dims) + (m * yv * yv).sum(dims)
+            y_sq = yv if (y.dtype == torch.bool or not squared) else yv * yv  # y**2 = y for a 0/1 target
+            if m is None:  # gamma 0 and every pixel counts: the plain Dice sums
+                intersect = _pixel_dots(p, yv)
+                denom = (_pixel_dots(p, p) if squared else p.sum(dims)) + y_sq.sum(dims)
             else:
-                denom = mp.sum(dims) + (m * yv).sum(dims)
+                label_term = _pixel_dots(m, y_sq)  # m y**2 (squared) or m y (linear)
+                mp = m.mul_(p)
+                del m
+                intersect = _pixel_dots(mp, yv)
+                denom = (_pixel_dots(mp, p) if squared else mp.sum(dims)) + label_term
+                del mp
             gt_sum = (yv if vmask is None else yv * vmask).sum(dims)
         ctx.mark_non_differentiable(gt_sum)
         ctx.save_for_backward(p, yv, vmask)
@@ -508,27 +572,73 @@ class DensePMDiceSums(torch.autograd.Function):
                   else g_inter.to(p.dtype).reshape(shape))
             gd = (torch.zeros(shape, dtype=p.dtype, device=p.device) if g_denom is None
                   else g_denom.to(p.dtype).reshape(shape))
-            m = _dense_modulation(p, yv, vmask, st["groups"])
+            # G = m (g_I y + 2 g_D p) (squared) or m (g_I y + g_D), in one buffer
             if st["squared"]:
-                G = m * (gi * yv + 2.0 * gd * p)
+                G = torch.mul(p, 2.0 * gd).addcmul_(yv, gi)
             else:
-                G = m * (gi * yv + gd)
-            del m
+                G = torch.mul(yv, gi).add_(gd)
+            m = _dense_modulation(p, yv, vmask, st["groups"])
+            if m is not None:
+                G.mul_(m)
+                del m
             if st["nonlin"] == "softmax":
-                dx = torch._softmax_backward_data(G, p, 1, p.dtype)
+                # softmax backward, dx = p * (G - sum_c p_c G_c), in G's own buffer (public ops only: the
+                # channel sum as C multiply-adds on channel slices, cheaper on the CPU than a reduction
+                # over the short channel axis)
+                s = G[:, 0] * p[:, 0]
+                for c in range(1, G.shape[1]):
+                    s.addcmul_(G[:, c], p[:, c])
+                dx = G.sub_(s.unsqueeze(1)).mul_(p)
             else:
-                dx = G.mul_(p).mul_(1.0 - p)
+                dx = G.mul_(p)                     # sigmoid backward: G p (1 - p)
+                dx.addcmul_(dx, p, value=-1.0)
         return dx.to(st["in_dtype"]), None, None, None, None, None
 
 
-def _dense_modulation(p, yv, vmask, groups: Groups) -> torch.Tensor:
+def _pixel_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum`` over the spatial axes, (B, C, *spatial) -> (B, C), without materialising ``a * b``.
+
+    On the CPU, one ``torch.dot`` per (sample, channel) row: it streams both rows once (BLAS), where a
+    product-then-sum writes and reads a temporary of the full size and a batched matrix product of
+    1 x n by n x 1 blocks runs about 3x slower. Short rows (and other devices) take the product and sum.
+    """
+    B, C = a.shape[:2]
+    a2, b2 = a.reshape(B * C, -1), b.reshape(B * C, -1)
+    if a2.shape[1] < 16384 or a.device.type != "cpu":  # short rows: one call beats a Python loop of calls
+        return (a2 * b2).sum(1).view(B, C)
+    return torch.stack([torch.dot(a2[i], b2[i]) for i in range(B * C)]).view(B, C)
+
+
+def _dense_modulation(p, yv, vmask, groups: Groups) -> Optional[torch.Tensor]:
+    """m = |y - p|**gamma_c (times the mask), or None where it is 1 everywhere (gamma 0, no mask)."""
+    if all(g == 0.0 for _, _, g in groups):
+        return None if vmask is None else vmask.expand_as(p).to(p.dtype, copy=True)
     m = (p - yv).abs_()
-    for c0, c1, g in groups:
-        if g != 1:
-            m[:, c0:c1] = powf(m[:, c0:c1], g)
+    if len(groups) == 1:
+        m = _pow_inplace(m, groups[0][2])
+    else:
+        for c0, c1, g in groups:
+            if g != 1:
+                m[:, c0:c1] = powf(m[:, c0:c1], g)
     if vmask is not None:
         m.mul_(vmask)
     return m
+
+
+def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
+    """``t ** e`` for t >= 0 in ``t``'s own buffer where the steps allow it (they never read the original t
+    again: squarings and cubes, a square root), else as a new tensor."""
+    e = float(e)
+    if e == 1:
+        return t
+    if e == 0.5:
+        return torch.rsqrt(t, out=t).reciprocal_() if t.device.type == "cpu" else t.sqrt_()
+    chain = _CHAINS.get(int(e)) if e.is_integer() else None
+    if chain is not None and "t" not in chain:
+        for step in chain:
+            t.mul_(t) if step == "sq" else t.pow_(3)
+        return t
+    return powf(t, e)
 
 
 _GROUP_CACHE: dict = {}

@@ -9,7 +9,8 @@ Everything that nnU-Net's own ``_build_loss`` does around its loss happens here 
 
 - ``torch.compile`` of the core loss when nnU-Net would compile its own Dice (``_do_i_compile``:
   CUDA, ``nnUNet_compile`` not false);
-- deep-supervision weights exactly as nnU-Net: ``1/2**i``, the last scale 0 (1e-6 under DDP without
+- deep supervision with nnU-Net's wrapper (:class:`DeepSupervisionLoss`, which checks the target's
+  values once per step, at full resolution, instead of at every output scale) and its weights: ``1/2**i``, the last scale 0 (1e-6 under DDP without
   compile, which otherwise complains about unused parameters), normalised to sum 1; a single output
   scale keeps weight 1 instead of normalising an all-zero vector to NaN; none when the trainer turns
   deep supervision off (``enable_deep_supervision = False``, as ``nnUNetTrainerNoDeepSupervision``);
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
+from ..losses._checks import values_checked
 from .loss_table import RECIPES, LossContext
 
 
@@ -43,10 +46,52 @@ def deep_supervision_weights(num_scales: int, ddp: bool = False, compiled: bool 
     return weights / weights.sum()
 
 
+class DeepSupervisionLoss(DeepSupervisionWrapper):
+    """nnU-Net's ``DeepSupervisionWrapper`` (same weights, same sum), checking the target's values once per step.
+
+    The loss runs on every output scale with a non-zero weight, as in nnU-Net. The first of them
+    (nnU-Net's full resolution) checks the values of its target and mask as every loss call of this
+    package does; the others run inside :func:`~nnunet_pmdice.losses._checks.values_checked`, since
+    nnU-Net derives their targets from the full-resolution one by nearest-neighbour downsampling
+    (``DownsampleSegForDSTransform``: no value the full-resolution target lacks). This saves a pass over
+    each lower-scale target and a device synchronisation per scale; shapes are still checked at
+    every scale. A bad label still fails with the loss's own message.
+
+    Example:
+        >>> import torch
+        >>> from nnunet_pmdice.losses import PMDiceLoss
+        >>> loss = DeepSupervisionLoss(PMDiceLoss(), deep_supervision_weights(2))
+        >>> xs = [torch.randn(1, 2, 8, 8), torch.randn(1, 2, 4, 4)]
+        >>> ts = [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4)]
+        >>> bool(loss(xs, ts) >= 0)
+        True
+        >>> loss(xs, [torch.full((1, 1, 8, 8), 2.0), ts[1]])
+        Traceback (most recent call last):
+        ...
+        ValueError: target holds label 2 but the logits have C=2 channels: labels must be in 0..1 (map an ignore label to a loss_mask first)
+    """
+
+    def forward(self, *args):
+        if not all(isinstance(a, (tuple, list)) for a in args):
+            raise TypeError(f"deep supervision needs a list of outputs and a list of targets, got "
+                            f"{[type(a).__name__ for a in args]}")
+        weights = self.weight_factors if self.weight_factors is not None else (1,) * len(args[0])
+        total = 0
+        checked = False
+        for i, inputs in enumerate(zip(*args)):
+            if weights[i] == 0.0:
+                continue
+            if checked:
+                with values_checked():
+                    total = total + weights[i] * self.loss(*inputs)
+            else:
+                total = total + weights[i] * self.loss(*inputs)
+                checked = True
+        return total
+
+
 def build_trainer_loss(trainer) -> nn.Module:
     """Builds ``trainer``'s loss from its recipe and name options; called by every plugin trainer's ``_build_loss``."""
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-
     recipe = RECIPES[trainer.loss_kind]
     opts = {**recipe.defaults, **{k: v for k, v in trainer.chosen_options.items() if k in recipe.defaults}}
     ctx = LossContext.from_trainer(trainer)
@@ -58,7 +103,7 @@ def build_trainer_loss(trainer) -> nn.Module:
     if trainer.enable_deep_supervision:
         ds_weights = deep_supervision_weights(len(trainer._get_deep_supervision_scales()), ddp=trainer.is_ddp,
                                               compiled=compiled)
-        loss = DeepSupervisionWrapper(loss, ds_weights)
+        loss = DeepSupervisionLoss(loss, ds_weights)
 
     base = getattr(trainer, "loss_base", None)
     lines = [f"Loss ({trainer.loss_kind}): {recipe.summary}",
