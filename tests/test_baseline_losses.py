@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -351,6 +352,8 @@ def test_misspelt_or_misplaced_options_name_the_loss():
     (lambda: PMDiceLoss(do_bg=None), "do_bg must be True or False, got None"),
     (lambda: TopKDiceLoss(ddp=2), "ddp must be True or False, got 2"),
     (lambda: CEPMDiceLoss(regions="yes"), "regions must be True or False"),
+    (lambda: DiceLoss(do_bg=np.array([1, 0])), r"do_bg must be True or False, got array\(\[1, 0\]\)"),
+    (lambda: DiceLoss(squared=torch.tensor([True, False])), "squared must be True or False, got tensor"),
 ])
 def test_flags_refuse_what_bool_would_silently_accept(make, message):
     with pytest.raises(TypeError, match=message):

@@ -113,7 +113,8 @@ def check_flag(name: str, value) -> bool:
         TypeError: batch_dice must be True or False, got 'no'
     """
     value = _scalar(value)
-    if isinstance(value, (str, bytes)) or value is None or not any(value == v for v in (0, 1)):
+    if (isinstance(value, (str, bytes)) or value is None or getattr(value, "ndim", 0) != 0
+            or not any(value == v for v in (0, 1))):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
