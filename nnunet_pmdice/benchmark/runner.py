@@ -29,6 +29,13 @@ moved into place only after ``nnUNetv2_predict`` exited with 0; the evaluation f
 command, with the environment variables that matter, goes to ``OUT/commands.log``; each step's output
 goes to ``OUT/runs/run_k/T/logs/<step>.log``.
 
+nnU-Net's protocol (``-c 2d 3d_fullres --folds 0 1 2 3 4``): a job trains every configuration and fold
+(a :class:`TrainUnit` each, with its own marker ``logs/train_<config>_fold_<f>.ok``) into its own
+``nnUNet_results``, runs ``nnUNetv2_find_best_configuration`` (:meth:`Benchmark.choose`), predicts the test
+cases with the chosen configuration or ensemble and applies its post-processing
+(:meth:`Benchmark.finish_job`); the report shows each trainer's choice and cross-validation Dice. On a
+SLURM cluster the same steps run as submitit jobs (:mod:`.cluster`).
+
 Parallel: ``--jobs N`` runs N jobs at once (each a separate nnU-Net process); ``--gpus 0 1 ...``
 gives each job one GPU of the list through ``CUDA_VISIBLE_DEVICES``. On several machines, give each
 ``--only-runs`` (e.g. 1 2 on one, 3 4 on another) with the same output folder, or copy the
@@ -706,14 +713,11 @@ class Benchmark:
     def _check_out_folder(self) -> None:
         record = self.out / "benchmark.json"
         fixed = {"dataset": self.dataset_name, "configuration": self.s.configuration, "fold": self.s.fold,
-                 "plans": self.s.plans}
-        if self.s.protocol:
-            fixed.update(configurations=self.s.configurations, folds=self.s.folds)
+                 "plans": self.s.plans, "configurations": self.s.configurations, "folds": self.s.folds}
         if record.is_file():
             old = read_json(record)
-            if not old.get("folds"):   # written by a benchmark of one configuration and one fold
-                old.pop("configurations", None)
-                old.pop("folds", None)
+            old.setdefault("configurations", [old.get("configuration")])   # recorded before the protocol existed
+            old.setdefault("folds", [])
             differ = {k: (old.get(k), v) for k, v in fixed.items() if old.get(k) != v}
             if differ:
                 raise ValueError(f"{self.out} holds a benchmark with other settings "
