@@ -132,15 +132,15 @@ def test_task_pickles_and_is_requeued_with_its_arguments():
 
 @pytest.fixture(scope="module")
 def protocol(tmp_path_factory):
-    """Baseline and PM Dice, 2d and 3d_fullres, folds 0 and 1, one epoch of one iteration, through submitit's
-    LocalExecutor (two jobs at a time) on a tiny 3D dataset the benchmark plans itself."""
+    """Baseline and PM Dice, 2d and 3d_fullres, folds 0 and 1, one epoch of one iteration, two jobs at a time on
+    this machine, on a tiny 3D dataset the benchmark plans itself."""
     from nnunet_pmdice.synthetic import generate
     root = tmp_path_factory.mktemp("protocol")
     env = nnunet_env(root)
     generate("cardiac3d", env["nnUNet_raw"], DATASET_ID, num_train=5, num_test=2, size=(8, 40, 40), seed=DATASET_ID)
     out = root / "bench"
-    res = cli(["-d", str(DATASET_ID), "-tr", "nnUNetTrainerPMDice", *PROTOCOL, "-o", str(out),
-               "--cluster", "local", "--jobs", "2", "--bootstrap", "200"], env)
+    res = cli(["-d", str(DATASET_ID), "-tr", "nnUNetTrainerPMDice", *PROTOCOL, "-o", str(out), "--jobs", "2",
+               "--bootstrap", "200"], env)
     return out, env, res
 
 
@@ -177,20 +177,15 @@ def test_protocol_chooses_per_trainer_and_reports_cv_and_test_metrics(protocol):
         assert len(pp) == 1 and info["best_model_or_ensemble"]["postprocessing_file"] in pp[0]
         assert len(list((job / "predictions").glob("*.nii.gz"))) == 2
         assert 0 <= summary["trainers"][trainer]["mean"]["dice"]["mean"] <= 1
-        # submitit's files of every job beside the job's own logs
-        submitit_logs = sorted((job / "logs" / "submitit").glob("*_0_log.out"))
-        assert len(submitit_logs) == 5 and len(list((job / "logs" / "submitit").glob("*_submitted.pkl"))) == 5
-        text = "".join(p.read_text() for p in submitit_logs)
-        assert text.count("Job completed successfully") == 5 and f"[run 1 {trainer} 3d_fullres fold 1] train done" in text
+        assert len(list((job / "logs").glob("train_*_fold_*.ok"))) == 4 and (job / "logs" / "find_best.ok").is_file()
     assert set(summary["comparison"]["contenders"]) == {T_PM}
-    assert len(list((out / "logs" / "submitit").glob("*_0_log.out"))) == 1          # the report job
-    submitted = json.loads((out / "logs" / "submitted.json").read_text())
-    assert submitted[-1]["cluster"] == "local" and not submitted[-1]["failed"] and len(submitted[-1]["jobs"]) == 11
     assert json.loads((out / "runs" / "run_1" / T_PM / "done.json").read_text())["protocol"]["folds"] == ["0", "1"]
 
 
 @pytest.mark.integration
-def test_protocol_second_call_redoes_nothing_and_a_crashed_unit_alone_is_redone(protocol):
+def test_second_call_redoes_nothing_and_a_crashed_unit_is_redone_alone_through_submitit(protocol):
+    """The crashed training is redone as a job of submitit's LocalExecutor: one training job, one prediction
+    job for its trainer, one report job; their submitit files beside the job's own logs."""
     out, env, _ = protocol
     before = (out / "commands.log").read_text().count("\n# [")
     res = cli(["-d", str(DATASET_ID), "-tr", "nnUNetTrainerPMDice", *PROTOCOL, "-o", str(out)], env)
@@ -204,14 +199,25 @@ def test_protocol_second_call_redoes_nothing_and_a_crashed_unit_alone_is_redone(
     fold = job / "nnUNet_results" / "Dataset906_SynthCardiac3D" / f"{T_PM}__nnUNetPlans__3d_fullres" / "fold_1"
     (fold / "checkpoint_final.pth").unlink()
     trains, finds = len(command_lines(out, "nnUNetv2_train")), len(command_lines(out, "nnUNetv2_find_best_configuration"))
-    res = cli(["-d", str(DATASET_ID), "-tr", "nnUNetTrainerPMDice", *PROTOCOL, "-o", str(out)], env)
-    assert f"[run 1 {T_BASE}] finished before: skipped" in res.stdout
+    res = cli(["-d", str(DATASET_ID), "-tr", "nnUNetTrainerPMDice", *PROTOCOL, "-o", str(out), "--cluster", "local"],
+              env)
+    assert f"[run 1 {T_BASE}] finished before: skipped" in res.stdout and "1 trainings to submit (local)" in res.stdout
     new_trains = command_lines(out, "nnUNetv2_train")[trains:]
     assert len(new_trains) == 1 and f" 3d_fullres 1 -tr {T_PM} " in new_trains[0]
     new_finds = command_lines(out, "nnUNetv2_find_best_configuration")[finds:]
     assert len(new_finds) == 1 and f"-tr {T_PM} " in new_finds[0]             # the choice made again, for PM only
-    assert "choosing the configuration again" in res.stdout
     assert (job / "done.json").is_file() and (fold / "checkpoint_final.pth").is_file()
+    # submitit's files: the training and the prediction job beside PM Dice's logs, the report job's in OUT/logs
+    logs = sorted((job / "logs" / "submitit").glob("*_0_log.out"))
+    assert len(logs) == 2 and len(list((job / "logs" / "submitit").glob("*_submitted.pkl"))) == 2
+    text = "".join(p.read_text() for p in logs)
+    assert text.count("Job completed successfully") == 2 and f"[run 1 {T_PM} 3d_fullres fold 1] train done" in text
+    assert "choosing the configuration again" in text
+    assert not (out / "runs" / "run_1" / T_BASE / "logs" / "submitit").exists()
+    assert len(list((out / "logs" / "submitit").glob("*_0_log.out"))) == 1
+    submitted = json.loads((out / "logs" / "submitted.json").read_text())[-1]
+    assert submitted["cluster"] == "local" and not submitted["failed"] and len(submitted["jobs"]) == 3
+    assert f"| {T_PM} |" in (out / "table.md").read_text()
 
 
 @pytest.mark.integration
@@ -222,3 +228,66 @@ def test_a_configuration_missing_from_the_plans_is_refused(protocol):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "has no configuration '3d_lowres'" in errors[0], res.stderr
+
+
+# ------------------------------------------------- SLURM submission, with sbatch standing in for the cluster
+
+FAKE_SBATCH = """#!/bin/sh
+# records the script it was given and answers as sbatch does
+n=$(($(cat "$FAKE_SLURM/count" 2>/dev/null || echo 100) + 1))
+echo $n > "$FAKE_SLURM/count"
+cp "$1" "$FAKE_SLURM/job_$n.sh"
+echo "Submitted batch job $n"
+"""
+
+
+def test_slurm_submission_chains_prepare_trainings_predictions_and_report(tmp_path, monkeypatch, capsys):
+    """What the benchmark hands to sbatch through submitit's SlurmExecutor: a preparation job, one job per
+    training unit after it, a prediction job per (run, trainer) after its trainings, the report after all."""
+    from nnunet_pmdice.cli import main
+    from nnunet_pmdice.synthetic import generate
+    env = nnunet_env(tmp_path)
+    generate("polyp2d", env["nnUNet_raw"], 323, num_train=5, num_test=1, size=(32, 32))
+    fake = tmp_path / "fake_slurm"
+    fake.mkdir()
+    for tool, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n")):
+        (fake / tool).write_text(text)
+        (fake / tool).chmod(0o755)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(k, env[k])
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("PATH", f"{fake}:{env['PATH']}")
+    out = tmp_path / "bench"
+    assert main(["benchmark", "-d", "323", "-c", "2d", "--folds", "0", "1", "-tr", "nnUNetTrainerPMDice",
+                 "--epochs", "1", "-o", str(out), "--cluster", "slurm", "--partition", "gpu", "--time", "90",
+                 "--mem", "16", "--sbatch", "constraint=a100"]) == 0
+    stdout = capsys.readouterr().out
+    scripts = {int(p.stem[4:]): p.read_text() for p in fake.glob("job_*.sh")}
+    assert sorted(scripts) == list(range(101, 109))          # prepare, 4 trainings, 2 predictions, report
+
+    def sbatch(text, key):
+        found = re.search(rf"^#SBATCH --{key}=(\S+)$", text, re.M)
+        return found and found.group(1)
+    names = {sbatch(t, "job-name"): (i, t) for i, t in scripts.items()}
+    prepare_id, prepare = names["pmdice-prepare"]
+    assert sbatch(prepare, "dependency") is None and sbatch(prepare, "gpus-per-node") is None
+    ids = {}
+    for trainer in ("nnUNetTrainer_1epochs", "nnUNetTrainerPMDice_1epochs"):
+        trains = []
+        for fold in "01":
+            i, text = names[f"pmdice-train-1-{trainer}-2d-{fold}"]
+            assert sbatch(text, "dependency") == f"afterok:{prepare_id}" and sbatch(text, "partition") == "gpu"
+            assert sbatch(text, "time") == "90" and sbatch(text, "mem") == "16GB" and sbatch(text, "gpus-per-node") == "1"
+            assert sbatch(text, "constraint") == "a100" and sbatch(text, "kill-on-invalid-dep") == "yes"
+            assert sbatch(text, "output") == str(out / "runs" / "run_1" / trainer / "logs" / "submitit" / "%j_0_log.out")
+            trains.append(str(i))
+        i, text = names[f"pmdice-predict-1-{trainer}"]
+        assert sbatch(text, "dependency") == "afterok:" + ":".join(trains) and sbatch(text, "time") == "120"
+        ids[trainer] = str(i)
+    _, report = names["pmdice-report"]
+    assert sbatch(report, "dependency") == "afterany:" + ":".join(ids.values())
+    assert "squeue -u $USER" in stdout and all(f"  {i}  " in stdout for i in scripts)
+    submitted = json.loads((out / "logs" / "submitted.json").read_text())[-1]
+    assert submitted["cluster"] == "slurm" and len(submitted["jobs"]) == 8
+    # submitit renamed each script to <job id>_submission.sh beside the job's logs
+    assert (out / "runs" / "run_1" / "nnUNetTrainerPMDice_1epochs" / "logs" / "submitit" / f"{ids['nnUNetTrainerPMDice_1epochs']}_submission.sh").is_file()

@@ -230,7 +230,7 @@ def submit(bench: Benchmark, cluster: ClusterSettings, say: Callable[[str], None
     ids: Dict[str, str] = {}
     prepare_id = None
     needs_prepare = (not all(bench.preprocessed_complete(c) for c in s.configurations)
-                     or (s.protocol and not (bench.pre_root / bench.dataset_name / "splits_final.json").is_file()))
+                     or (s.fold != "all" and not bench.split_file().is_file()))
     if cluster.kind == "slurm" and needs_prepare:
         job = sub.submit(BenchmarkTask(s, bench.env, "prepare"), out_logs, _job_name("prepare"), "prepare")
         prepare_id = ids["prepare"] = job.job_id

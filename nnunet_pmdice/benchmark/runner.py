@@ -455,13 +455,16 @@ class Benchmark:
                                  f"lacks cases; see {self.out / 'logs' / 'preprocess.log'}")
         else:
             self._say(f"[prepare] {self.dataset_name} {configs}: already preprocessed")
-        if self.s.protocol or (self.s.fold != "all" and self.s.jobs > 1):
+        if self.s.fold != "all":
             self.write_split()
 
+    def split_file(self) -> Path:
+        return self.pre_root / self.dataset_name / "splits_final.json"
+
     def write_split(self) -> None:
-        """nnU-Net writes splits_final.json on its first training; jobs running at once would race to write it,
-        so it is written once, before any job (nnU-Net's own seed and split), and every job uses it."""
-        splits = self.pre_root / self.dataset_name / "splits_final.json"
+        """nnU-Net writes splits_final.json on its first training; jobs running at once (or on a cluster) would
+        race to write it, so it is written once, before any job (nnU-Net's own seed and split), unless there."""
+        splits = self.split_file()
         if splits.is_file():
             return
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
