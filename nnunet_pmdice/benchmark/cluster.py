@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..fileio import read_json, write_json
-from .commands import LOGGED_ENV, StepFailed
+from .commands import LOGGED_ENV
 from .runner import Benchmark, BenchmarkSettings, Job, TrainUnit
 
 __all__ = ["CLUSTER_KINDS", "ClusterSettings", "BenchmarkTask", "slurm_parameters", "submit"]
