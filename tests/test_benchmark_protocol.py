@@ -289,4 +289,17 @@ def test_slurm_submission_chains_prepare_trainings_predictions_and_report(tmp_pa
     submitted = json.loads((out / "logs" / "submitted.json").read_text())[-1]
     assert submitted["cluster"] == "slurm" and len(submitted["jobs"]) == 8
     # submitit renamed each script to <job id>_submission.sh beside the job's logs
-    assert (out / "runs" / "run_1" / "nnUNetTrainerPMDice_1epochs" / "logs" / "submitit" / f"{ids['nnUNetTrainerPMDice_1epochs']}_submission.sh").is_file()
+    pm_logs = out / "runs" / "run_1" / "nnUNetTrainerPMDice_1epochs" / "logs" / "submitit"
+    assert (pm_logs / f"{ids['nnUNetTrainerPMDice_1epochs']}_submission.sh").is_file()
+
+    # submitting again while squeue still lists a job of the first submission would train twice into one folder
+    (fake / "squeue").write_text("#!/bin/sh\necho 104\n")
+    (fake / "squeue").chmod(0o755)
+    again = ["benchmark", "-d", "323", "-c", "2d", "--folds", "0", "1", "-tr", "nnUNetTrainerPMDice", "--epochs", "1",
+             "-o", str(out), "--cluster", "slurm"]
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "jobs 104 of the earlier submission" in err and "scancel" in err
+    assert len(list(fake.glob("job_*.sh"))) == 8                                # nothing submitted
+    (fake / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    assert main(again) == 0 and len(list(fake.glob("job_*.sh"))) == 16          # all ended: submitted again

@@ -223,6 +223,14 @@ def submit(bench: Benchmark, cluster: ClusterSettings, say: Callable[[str], None
     s = bench.s
     bench.out.mkdir(parents=True, exist_ok=True)
     bench._check_out_folder()
+    record = bench.out / "logs" / "submitted.json"
+    history = read_json(record) if record.is_file() else []
+    if cluster.kind == "slurm":
+        earlier = next((h for h in reversed(history) if h.get("cluster") == "slurm"), None)
+        queued = still_queued(list(earlier["jobs"].values())) if earlier else []
+        if queued:
+            raise ValueError(f"jobs {' '.join(queued)} of the earlier submission ({earlier['time']}) are still queued or "
+                             f"running (squeue): wait for them or cancel them (scancel) before submitting again")
     bench.commands.log(f"# ==== {time.strftime('%Y-%m-%d %H:%M:%S')} nnunet-pmdice benchmark --cluster "
                        f"{cluster.kind}: {shlex.join(sys.argv)}")
     sub = _Submitter(bench, cluster)
@@ -289,10 +297,23 @@ def submit(bench: Benchmark, cluster: ClusterSettings, say: Callable[[str], None
         _run_local(sub, [("report", None, (BenchmarkTask(s, bench.env, "report"), out_logs, _job_name("report"),
                                            "report"))], 1, ids, failed, failed_jobs, say)
         result = {"cluster": "local", "jobs": ids, "failed": failed}
-    record = bench.out / "logs" / "submitted.json"
-    history = read_json(record) if record.is_file() else []
     write_json(record, history + [{"time": time.strftime("%Y-%m-%d %H:%M:%S"), **result}])
     return result
+
+
+def still_queued(job_ids: Sequence[str]) -> List[str]:
+    """The ids among ``job_ids`` that SLURM's ``squeue`` still lists (pending or running); none where there is
+    no ``squeue`` or it knows none of them (it exits with an error for ids it has forgotten)."""
+    import shutil
+    import subprocess
+    squeue = shutil.which("squeue")
+    if not squeue or not job_ids:
+        return []
+    res = subprocess.run([squeue, "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
+    if res.returncode != 0:
+        return []
+    listed = set(res.stdout.split())
+    return [j for j in job_ids if j in listed]
 
 
 def _run_local(sub: _Submitter, tasks, limit: int, ids: Dict[str, str], failed: Dict[str, str], failed_jobs: set,
