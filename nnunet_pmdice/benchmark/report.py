@@ -115,6 +115,10 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
     report = {"dataset": dataset_name, "configuration": settings.configuration, "fold": settings.fold,
               "tau": settings.tau, "baseline": settings.baseline, "trainers": got.combined,
               "unfinished": got.unfinished}
+    choices = None
+    if getattr(settings, "protocol", False):
+        choices = protocol_choices(settings.trainers, settings.runs, finished)
+        report.update(configurations=list(settings.configurations), folds=list(settings.folds), protocol=choices)
     if not got.combined:
         say("no finished jobs yet: nothing to tabulate")
         return report
@@ -125,9 +129,20 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
     comparison = compare_with_baseline(got, baseline, settings.bootstrap, settings.seed)
     paths = {"table": out / "table.md", "table_csv": out / "table.csv", "per_case": out / "per_case.csv",
              "summary": out / "summary.json"}
-    text = (f"{table}\nDataset {dataset_name}, configuration {settings.configuration}, fold {settings.fold}; "
+    if choices is not None:
+        table = with_choice_columns(table, choices)
+        where = (f"configurations {' '.join(settings.configurations)} on folds {' '.join(settings.folds)}: each "
+                 f"trainer's test predictions come from the configuration or ensemble nnU-Net's "
+                 f"find_best_configuration chose (column 'nnU-Net's choice') with its post-processing; 'CV Dice' is "
+                 f"that choice's cross-validation mean foreground Dice as nnU-Net reports it (before -> after "
+                 f"post-processing, mean over runs)")
+    else:
+        where = f"configuration {settings.configuration}, fold {settings.fold}"
+    text = (f"{table}\nDataset {dataset_name}, {where}; "
             f"test cases: {raw / 'imagesTs'}; NSD tau = {settings.tau:g} {unit}; values in %, mean ± std over "
             f"runs; bold: best.\n")
+    if choices is not None:
+        text += f"\n## nnU-Net's choice per trainer and run (cross-validation)\n\n{choice_table(choices)}"
     if comparison is not None:
         text += f"\n## Difference from the baseline, paired by test case\n\n{difference_table(comparison)}"
     if has_object_metrics(got.combined):
@@ -150,6 +165,88 @@ def write_report(out: Path, settings, dataset_name: str, raw: Path, finished: Ma
         say(f"{k}: {p}")
     report["paths"] = {k: str(p) for k, p in paths.items()}
     return report
+
+
+# ------------------------------------------------------------------------------------ nnU-Net's protocol
+
+def protocol_choices(trainers: Sequence[str], runs: int, finished: Mapping[Tuple[str, int], Path]) -> Dict[str, Dict]:
+    """Per trainer, what ``nnUNetv2_find_best_configuration`` chose in each finished run (from ``done.json``):
+    ``{trainer: {"runs": {run: {chosen, cv_dice, cv_dice_postprocessed, ...}}, "chosen": [...], "cv_dice": mean,
+    "cv_dice_postprocessed": mean}}``.
+
+    Raises:
+        ValueError: a finished job's ``done.json`` has no record of the choice.
+    """
+    result = {}
+    for trainer in trainers:
+        per_run = {}
+        for run in range(1, runs + 1):
+            folder = finished.get((trainer, run))
+            if folder is None:
+                continue
+            done = read_json(folder / "done.json")
+            if "protocol" not in done:
+                raise ValueError(f"{folder / 'done.json'} records no configuration choice: this job was not run with "
+                                 f"nnU-Net's protocol (--folds); delete its done.json to finish it again")
+            keep = ("chosen", "configurations", "ensemble", "cv_dice", "cv_dice_postprocessed", "cv_all",
+                    "postprocessing_file")
+            per_run[run] = {k: done["protocol"].get(k) for k in keep}
+        if per_run:
+            values = list(per_run.values())
+            result[trainer] = {"runs": per_run, "chosen": list(dict.fromkeys(v["chosen"] for v in values)),
+                               "cv_dice": sum(v["cv_dice"] for v in values) / len(values),
+                               "cv_dice_postprocessed": sum(v["cv_dice_postprocessed"] for v in values) / len(values)}
+    return result
+
+
+def with_choice_columns(table: str, choices: Mapping[str, Mapping]) -> str:
+    r"""The paper's table with two columns after ``runs``: nnU-Net's choice and its cross-validation Dice.
+
+    >>> t = "| Trainer | runs | mDice |\n|---|---:|---:|\n| A (baseline) | 1 | 90.00 |"
+    >>> print(with_choice_columns(t, {"A": {"chosen": ["2d"], "cv_dice": 0.8, "cv_dice_postprocessed": 0.81}}), end="")
+    | Trainer | runs | nnU-Net's choice | CV Dice | mDice |
+    |---|---:|---|---:|---:|
+    | A (baseline) | 1 | 2d | 80.00 -> 81.00 | 90.00 |
+    """
+    lines = table.rstrip("\n").split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        cells = line.split("|")
+        if i == 0:
+            extra = ["nnU-Net's choice", "CV Dice"]
+        elif i == 1:
+            extra = None
+            out.append(line.replace("|---|---:|", "|---|---:|---|---:|", 1))
+            continue
+        else:
+            name = cells[1].strip()
+            name = name[:-len(" (baseline)")] if name.endswith(" (baseline)") else name
+            c = choices.get(name.strip("*"))
+            extra = ([" / ".join(c["chosen"]), f"{100 * c['cv_dice']:.2f} -> {100 * c['cv_dice_postprocessed']:.2f}"]
+                     if c else ["–", "–"])
+        out.append("|".join(cells[:3] + [f" {e} " for e in extra] + cells[3:]))
+    return "\n".join(out) + "\n"
+
+
+def choice_table(choices: Mapping[str, Mapping]) -> str:
+    """One row per trainer and run: the chosen configuration or ensemble, its cross-validation Dice before and
+    after post-processing, and every candidate's cross-validation Dice, as nnU-Net reported them (in %)."""
+    lines = ["| Trainer | run | nnU-Net's choice | CV Dice | CV Dice post-processed | candidates (CV Dice) |",
+             "|---|---:|---|---:|---:|---|"]
+    for trainer, c in choices.items():
+        for run, r in sorted(c["runs"].items()):
+            candidates = "; ".join(f"{_candidate(k, trainer)} {100 * v:.2f}" for k, v in (r["cv_all"] or {}).items())
+            lines.append(f"| {trainer} | {run} | {r['chosen']}{' (ensemble)' if r['ensemble'] else ''} | "
+                         f"{100 * r['cv_dice']:.2f} | {100 * r['cv_dice_postprocessed']:.2f} | {candidates} |")
+    return "\n".join(lines) + "\n"
+
+
+def _candidate(identifier: str, trainer: str) -> str:
+    """``T__nnUNetPlans__2d`` -> ``2d``; nnU-Net's ensemble names -> ``2d + 3d_fullres``."""
+    if identifier.startswith("ensemble___"):
+        parts = identifier.split("___")[1:3]
+        return " + ".join(p.split("__")[-1] for p in parts)
+    return identifier.split("__")[-1]
 
 
 # ---------------------------------------------------------------------------------------------- plots

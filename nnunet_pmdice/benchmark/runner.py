@@ -29,6 +29,13 @@ moved into place only after ``nnUNetv2_predict`` exited with 0; the evaluation f
 command, with the environment variables that matter, goes to ``OUT/commands.log``; each step's output
 goes to ``OUT/runs/run_k/T/logs/<step>.log``.
 
+nnU-Net's protocol (``-c 2d 3d_fullres --folds 0 1 2 3 4``): a job trains every configuration and fold
+(a :class:`TrainUnit` each, with its own marker ``logs/train_<config>_fold_<f>.ok``) into its own
+``nnUNet_results``, runs ``nnUNetv2_find_best_configuration`` (:meth:`Benchmark.choose`), predicts the test
+cases with the chosen configuration or ensemble and applies its post-processing
+(:meth:`Benchmark.finish_job`); the report shows each trainer's choice and cross-validation Dice. On a
+SLURM cluster the same steps run as submitit jobs (:mod:`.cluster`).
+
 Parallel: ``--jobs N`` runs N jobs at once (each a separate nnU-Net process); ``--gpus 0 1 ...``
 gives each job one GPU of the list through ``CUDA_VISIBLE_DEVICES``. On several machines, give each
 ``--only-runs`` (e.g. 1 2 on one, 3 4 on another) with the same output folder, or copy the
@@ -44,6 +51,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,6 +181,9 @@ class BenchmarkSettings:
         baseline: the row every other trainer is compared with (default: the first trainer).
         runs: independent runs (trainings from scratch) per trainer.
         fold: nnU-Net fold to train: ``all`` (every training case; the default) or ``0``-``4``.
+        configurations: several nnU-Net configurations (``-c 2d 3d_fullres``): nnU-Net's protocol, see
+            :attr:`protocol`; ``configuration`` is then the first of them.
+        folds: the cross-validation folds of nnU-Net's protocol (``--folds 0 1 2 3 4``).
         plans: plans identifier (``-p``).
         device: ``cuda``, ``cpu`` or ``mps``.
         tau: NSD tolerance (mm for 3D, pixels for 2D images).
@@ -195,6 +206,8 @@ class BenchmarkSettings:
     baseline: str = ""
     runs: int = 1
     fold: str = "all"
+    configurations: List[str] = field(default_factory=list)
+    folds: List[str] = field(default_factory=list)
     plans: str = "nnUNetPlans"
     device: str = "cuda"
     tau: float = DEFAULT_TAU
@@ -212,6 +225,29 @@ class BenchmarkSettings:
         if self.fold != "all" and not (str(self.fold).isdigit()):
             raise ValueError(f"--fold must be 'all' or a fold number, got {self.fold!r}")
         self.fold = str(self.fold)
+        self.configurations = list(self.configurations or [self.configuration])
+        twice = sorted({c for c in self.configurations if self.configurations.count(c) > 1})
+        if twice:
+            raise ValueError(f"-c lists {', '.join(twice)} more than once")
+        self.configuration = self.configurations[0]
+        self.folds = [str(f) for f in self.folds]
+        if "all" in self.folds:
+            raise ValueError(f"--folds takes cross-validation fold numbers (e.g. 0 1 2 3 4), got {self.folds}; "
+                             f"'all' is the one-fold form -f all")
+        bad = [f for f in self.folds if not f.isdigit()]
+        if bad:
+            raise ValueError(f"--folds takes fold numbers (e.g. 0 1 2 3 4), got {bad}")
+        if len(set(self.folds)) != len(self.folds):
+            raise ValueError(f"--folds lists a fold more than once: {self.folds}")
+        if len(self.configurations) > 1 and not self.folds:
+            if self.fold == "all":
+                raise ValueError(f"several configurations (-c {' '.join(self.configurations)}) need "
+                                 f"cross-validation folds (--folds 0 1 2 3 4): nnU-Net chooses between them on the "
+                                 f"folds' validation cases, which fold 'all' does not have")
+            self.folds = [self.fold]
+        if self.folds:
+            self.folds = sorted(self.folds, key=int)
+            self.fold = self.folds[0]
         if self.device not in ("cuda", "cpu", "mps"):
             raise ValueError(f"--device must be cuda, cpu or mps, got {self.device!r}")
         if not isinstance(self.jobs, int) or self.jobs < 1:
@@ -233,14 +269,31 @@ class BenchmarkSettings:
         if self.baseline not in self.trainers:
             raise ValueError(f"baseline {self.baseline!r} is not among the trainers {self.trainers}")
 
+    @property
+    def protocol(self) -> bool:
+        """True for nnU-Net's own protocol: every configuration and fold trained, ``nnUNetv2_find_best_configuration``
+        chooses the configuration or ensemble and its post-processing, the test cases are predicted with that."""
+        return bool(self.folds)
+
+    @property
+    def ensembling(self) -> bool:
+        """Several configurations: trainings keep their validation probabilities (``--npz``) for the ensembles."""
+        return len(self.configurations) > 1
+
 
 @dataclass(frozen=True)
 class Job:
-    """One training + prediction + evaluation of one trainer in one run."""
+    """One trainer in one run: its trainings, then prediction and evaluation of the test cases.
+
+    ``own_results``: the job has its own ``nnUNet_results`` (nnU-Net's protocol, where
+    ``nnUNetv2_find_best_configuration`` writes ``inference_information.json`` per results folder and the
+    trainers of a run may choose at the same time); otherwise the run's trainers share one.
+    """
 
     trainer: str
     run: int
     out: Path
+    own_results: bool = False
 
     @property
     def run_folder(self) -> Path:
@@ -252,8 +305,8 @@ class Job:
 
     @property
     def results_root(self) -> Path:
-        """The ``nnUNet_results`` of this run."""
-        return self.run_folder / "nnUNet_results"
+        """The ``nnUNet_results`` of this job (of its run, or its own under nnU-Net's protocol)."""
+        return (self.folder if self.own_results else self.run_folder) / "nnUNet_results"
 
     @property
     def tag(self) -> str:
@@ -262,6 +315,36 @@ class Job:
     @property
     def done_file(self) -> Path:
         return self.folder / "done.json"
+
+
+@dataclass(frozen=True)
+class TrainUnit:
+    """One ``nnUNetv2_train`` of a job: (run, trainer, configuration, fold), with its own log and marker.
+
+    The one-configuration one-fold benchmark keeps the names ``logs/train.log`` / ``logs/train.ok``;
+    under nnU-Net's protocol they are ``logs/train_<configuration>_fold_<fold>.{log,ok}``.
+    """
+
+    job: Job
+    configuration: str
+    fold: str
+    single: bool = True
+
+    @property
+    def name(self) -> str:
+        return "train" if self.single else f"train_{self.configuration}_fold_{self.fold}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.job.folder / "logs" / f"{self.name}.log"
+
+    @property
+    def ok_file(self) -> Path:
+        return self.job.folder / "logs" / f"{self.name}.ok"
+
+    @property
+    def tag(self) -> str:
+        return self.job.tag if self.single else f"{self.job.tag} {self.configuration} fold {self.fold}"
 
 
 class Benchmark:
@@ -317,17 +400,31 @@ class Benchmark:
 
     # ------------------------------------------------------------------------------------ preprocessing
 
-    def preprocessed_complete(self) -> bool:
-        """True when nnU-Net's plans list the configuration and its data holds every training case."""
-        plans_file = self.pre_root / self.dataset_name / f"{self.s.plans}.json"
+    def plans_file(self) -> Path:
+        return self.pre_root / self.dataset_name / f"{self.s.plans}.json"
+
+    def preprocessed_complete(self, configuration: Optional[str] = None) -> bool:
+        """True when nnU-Net's plans list the configuration and its data holds every training case.
+
+        Raises:
+            ValueError: the plans exist but lack the configuration, or it is a cascade stage (its
+                training needs the previous stage's predictions, which the benchmark does not make).
+        """
+        configuration = configuration or self.s.configuration
+        plans_file = self.plans_file()
         if not plans_file.is_file():
             return False
         plans = read_json(plans_file)
-        config = plans.get("configurations", {}).get(self.s.configuration)
+        config = plans.get("configurations", {}).get(configuration)
         if config is None:
-            raise ValueError(f"{plans_file} has no configuration {self.s.configuration!r}; it has "
+            raise ValueError(f"{plans_file} has no configuration {configuration!r}; it has "
                              f"{sorted(plans.get('configurations', {}))}")
-        data = self.pre_root / self.dataset_name / config.get("data_identifier", f"{self.s.plans}_{self.s.configuration}")
+        if config.get("previous_stage"):
+            raise ValueError(f"-c {configuration} is a cascade stage (previous stage {config['previous_stage']}): "
+                             f"the benchmark trains configurations that need no earlier stage")
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        data_id = PlansManager(str(plans_file)).get_configuration(configuration).data_identifier
+        data = self.pre_root / self.dataset_name / data_id
         if not data.is_dir():
             return False
         expected = read_json((self.raw / "dataset.json"))["numTraining"]
@@ -339,35 +436,42 @@ class Benchmark:
 
     def prepare(self) -> None:
         """Plans and preprocesses the dataset (nnU-Net's CLI) unless done; writes the fold split if needed."""
-        if not self.preprocessed_complete():
+        missing = [c for c in self.s.configurations if not self.preprocessed_complete(c)]
+        configs = " ".join(self.s.configurations)
+        if missing:
             if self.s.plans != "nnUNetPlans":
-                raise ValueError(f"plans {self.s.plans!r} are not preprocessed for {self.s.configuration}; run "
+                raise ValueError(f"plans {self.s.plans!r} are not preprocessed for {' '.join(missing)}; run "
                                  f"nnUNetv2_plan_and_preprocess with your planner first")
-            self._say(f"[prepare] nnUNetv2_plan_and_preprocess {self.dataset_name} {self.s.configuration} "
+            self._say(f"[prepare] nnUNetv2_plan_and_preprocess {self.dataset_name} {' '.join(missing)} "
                       f"(log: {self.out / 'logs' / 'preprocess.log'})")
+            n = str(self.s.preprocess_processes)
             t = self.run_command([nnunet_tool("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id(),
-                                  "-c", self.s.configuration,
-                                  "-np", str(self.s.preprocess_processes), "-npfp", str(self.s.preprocess_processes),
+                                  "-c", *missing, "-np", *[n] * len(missing), "-npfp", n,
                                   "--verify_dataset_integrity"], {},
                                  self.out / "logs" / "preprocess.log", "prepare")
             self._say(f"[prepare] done in {t:.0f} s")
-            if not self.preprocessed_complete():
+            if not all(self.preprocessed_complete(c) for c in missing):
                 raise StepFailed(f"nnUNetv2_plan_and_preprocess finished but {self.pre_root / self.dataset_name} "
                                  f"lacks cases; see {self.out / 'logs' / 'preprocess.log'}")
         else:
-            self._say(f"[prepare] {self.dataset_name} {self.s.configuration}: already preprocessed")
-        if self.s.fold != "all" and self.s.jobs > 1:
-            self._write_split()
+            self._say(f"[prepare] {self.dataset_name} {configs}: already preprocessed")
+        if self.s.fold != "all":
+            self.write_split()
 
-    def _write_split(self) -> None:
-        """nnU-Net writes splits_final.json on its first training; jobs running at once would race to write it."""
-        splits = self.pre_root / self.dataset_name / "splits_final.json"
+    def split_file(self) -> Path:
+        return self.pre_root / self.dataset_name / "splits_final.json"
+
+    def write_split(self) -> None:
+        """nnU-Net writes splits_final.json on its first training; jobs running at once (or on a cluster) would
+        race to write it, so it is written once, before any job (nnU-Net's own seed and split), unless there."""
+        splits = self.split_file()
         if splits.is_file():
             return
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         from nnunetv2.utilities.crossval_split import generate_crossval_split
-        plans = read_json((self.pre_root / self.dataset_name / f"{self.s.plans}.json"))
-        data = self.pre_root / self.dataset_name / plans["configurations"][self.s.configuration]["data_identifier"]
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        data_id = PlansManager(str(self.plans_file())).get_configuration(self.s.configuration).data_identifier
+        data = self.pre_root / self.dataset_name / data_id
         keys = sorted(infer_dataset_class(str(data)).get_identifiers(str(data)))
         write_json(splits, generate_crossval_split(keys, seed=12345, n_splits=5))  # nnU-Net's own seed and split
 
@@ -377,13 +481,25 @@ class Benchmark:
 
     # ------------------------------------------------------------------------------------------- jobs
 
+    def job(self, trainer: str, run: int) -> Job:
+        return Job(trainer, run, self.out, own_results=self.s.protocol)
+
     def jobs(self) -> List[Job]:
         runs = self.s.only_runs or list(range(1, self.s.runs + 1))
-        return [Job(t, r, self.out) for r in runs for t in self.s.trainers]
+        return [self.job(t, r) for r in runs for t in self.s.trainers]
 
-    def fold_folder(self, job: Job) -> Path:
-        return (job.results_root / self.dataset_name / f"{job.trainer}__{self.s.plans}__{self.s.configuration}"
-                / f"fold_{self.s.fold}")
+    def units(self, job: Job) -> List[TrainUnit]:
+        """The trainings of a job: every configuration x fold (one of each outside nnU-Net's protocol)."""
+        if not self.s.protocol:
+            return [TrainUnit(job, self.s.configuration, self.s.fold)]
+        return [TrainUnit(job, c, f, single=False) for c in self.s.configurations for f in self.s.folds]
+
+    def model_folder(self, job: Job, configuration: Optional[str] = None) -> Path:
+        return (job.results_root / self.dataset_name
+                / f"{job.trainer}__{self.s.plans}__{configuration or self.s.configuration}")
+
+    def fold_folder(self, job: Job, configuration: Optional[str] = None, fold: Optional[str] = None) -> Path:
+        return self.model_folder(job, configuration) / f"fold_{fold or self.s.fold}"
 
     def job_finished(self, job: Job) -> bool:
         if not job.done_file.is_file():
@@ -391,46 +507,104 @@ class Benchmark:
         done = read_json(job.done_file)
         return done.get("tau") == self.s.tau
 
-    def run_job(self, job: Job, gpu: Optional[str] = None) -> None:
-        """Train, predict, evaluate one job, skipping the steps already complete; ``done.json`` last."""
+    def unit_finished(self, unit: TrainUnit) -> bool:
+        return unit.ok_file.is_file()
+
+    def _extra_env(self, job: Job, gpu: Optional[str]) -> Dict[str, str]:
         extra = {"nnUNet_results": str(job.results_root)}
         if gpu is not None:
             extra["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        return extra
+
+    def train_unit(self, unit: TrainUnit, gpu: Optional[str] = None) -> None:
+        """``nnUNetv2_train`` of one unit unless its marker exists; continues a stopped training with ``--c``.
+
+        Raises:
+            StepFailed: nnU-Net exited with an error, or with 0 but without ``checkpoint_final.pth``.
+        """
+        if self.unit_finished(unit):
+            return
+        job = unit.job
+        fold = self.fold_folder(job, unit.configuration, unit.fold)
+        resume = any((fold / c).is_file() for c in ("checkpoint_final.pth", "checkpoint_latest.pth",
+                                                    "checkpoint_best.pth"))
+        train_env = self._extra_env(job, gpu)
+        if self.s.device == "cpu":
+            train_env.setdefault("nnUNet_n_proc_DA", self.env.get("nnUNet_n_proc_DA", "0"))
+        cmd = [nnunet_tool("nnUNetv2_train"), self.dataset_id(), unit.configuration, unit.fold, "-tr", job.trainer,
+               "-p", self.s.plans, "-device", self.s.device]
+        cmd += (["--npz"] if self.s.ensembling else []) + (["--c"] if resume else [])
+        self._say(f"[{unit.tag}] train{' (continuing from its checkpoint)' if resume else ''} "
+                  f"(log: {unit.log_file})")
+        epochs = trainer_budget(job.trainer)[0] or nnunet_default_epochs()
+        seconds = self.run_command(cmd, train_env, unit.log_file, unit.tag, epochs=epochs)
+        if not (fold / "checkpoint_final.pth").is_file():
+            raise StepFailed(f"{unit.tag}: nnUNetv2_train exited with 0 but wrote no {fold / 'checkpoint_final.pth'}")
+        write_json(unit.ok_file, {"fold_folder": str(fold), "seconds": seconds, "id": uuid.uuid4().hex,
+                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self._say(f"[{unit.tag}] train done in {seconds:.0f} s")
+
+    def run_job(self, job: Job, gpu: Optional[str] = None) -> None:
+        """Trains, predicts, evaluates one job, skipping the steps already complete; ``done.json`` last."""
+        for unit in self.units(job):
+            self.train_unit(unit, gpu)
+        self.finish_job(job, gpu)
+
+    def finish_job(self, job: Job, gpu: Optional[str] = None) -> None:
+        """Prediction of the test cases and their evaluation, once every training of the job is finished.
+
+        Raises:
+            StepFailed: a training is not finished, or an nnU-Net command failed.
+        """
+        missing = [u.tag for u in self.units(job) if not self.unit_finished(u)]
+        if missing:
+            raise StepFailed(f"{job.tag}: training not finished: {', '.join(missing)}")
         logs = job.folder / "logs"
-        timings = {k: read_json(f)["seconds"] for k, f in
-                   (("train_s", logs / "train.ok"), ("predict_s", logs / "predict.ok")) if f.is_file()}
-        fold = self.fold_folder(job)
-        if not (logs / "train.ok").is_file():
-            resume = any((fold / c).is_file() for c in ("checkpoint_final.pth", "checkpoint_latest.pth",
-                                                        "checkpoint_best.pth"))
-            train_env = dict(extra)
-            if self.s.device == "cpu":
-                train_env.setdefault("nnUNet_n_proc_DA", self.env.get("nnUNet_n_proc_DA", "0"))
-            cmd = [nnunet_tool("nnUNetv2_train"), self.dataset_id(), self.s.configuration, self.s.fold,
-                   "-tr", job.trainer,
-                   "-p", self.s.plans, "-device", self.s.device] + (["--c"] if resume else [])
-            self._say(f"[{job.tag}] train{' (continuing from its checkpoint)' if resume else ''} "
-                      f"(log: {logs / 'train.log'})")
-            epochs = trainer_budget(job.trainer)[0] or nnunet_default_epochs()
-            timings["train_s"] = self.run_command(cmd, train_env, logs / "train.log", job.tag, epochs=epochs)
-            if not (fold / "checkpoint_final.pth").is_file():
-                raise StepFailed(f"{job.tag}: nnUNetv2_train exited with 0 but wrote no {fold / 'checkpoint_final.pth'}")
-            write_json(logs / "train.ok", {"fold_folder": str(fold), "seconds": timings["train_s"]})
-            self._say(f"[{job.tag}] train done in {timings['train_s']:.0f} s")
+        timings = {}
+        for unit in self.units(job):
+            key = "train_s" if unit.single else f"{unit.name}_s"
+            timings[key] = read_json(unit.ok_file)["seconds"]
+        if self.s.protocol:
+            protocol, predict_s = self._predict_protocol(job, gpu)
+            timings["predict_s"] = predict_s
+        else:
+            protocol = None
+            predictions = job.folder / "predictions"
+            if (logs / "predict.ok").is_file():
+                timings["predict_s"] = read_json(logs / "predict.ok")["seconds"]
+            if not predictions.is_dir():
+                tmp = job.folder / ".predictions.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._say(f"[{job.tag}] predict {len(list((self.raw / 'labelsTs').iterdir()))} test cases")
+                timings["predict_s"] = self._predict(job, self.s.configuration, [self.s.fold], tmp, gpu,
+                                                     logs / "predict.log")
+                os.replace(tmp, predictions)
+                write_json(logs / "predict.ok", {"seconds": timings["predict_s"]})
+        summary = self._evaluate(job, timings)
+        record = {"trainer": job.trainer, "run": job.run, "dataset": self.dataset_name,
+                  "configuration": self.s.configuration, "fold": self.s.fold, "plans": self.s.plans,
+                  "tau": self.s.tau, "timings": timings, "mean": summary["mean"],
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if protocol is not None:
+            record.update(configurations=self.s.configurations, folds=self.s.folds, protocol=protocol)
+        write_json(job.done_file, record)
+        m = summary["mean"]
+        chosen = f" ({protocol['chosen']})" if protocol else ""
+        self._say(f"[{job.tag}] done{chosen}: mDice {100 * (m['dice'] or 0):.2f}  mNSD {100 * (m['nsd'] or 0):.2f}")
+
+    def _predict(self, job: Job, configuration: str, folds: Sequence[str], out: Path, gpu: Optional[str],
+                 log_file: Path, probabilities: bool = False) -> float:
+        cmd = [nnunet_tool("nnUNetv2_predict"), "-i", str(self.raw / "imagesTs"), "-o", str(out),
+               "-d", self.dataset_id(), "-c", configuration, "-f", *folds, "-tr", job.trainer, "-p", self.s.plans,
+               "-device", self.s.device, "--disable_progress_bar"]
+        if probabilities:
+            cmd.append("--save_probabilities")
+        if self.s.device == "cpu":
+            cmd += ["-npp", "1", "-nps", "1"]
+        return self.run_command(cmd, self._extra_env(job, gpu), log_file, job.tag)
+
+    def _evaluate(self, job: Job, timings: Dict) -> Dict:
         predictions = job.folder / "predictions"
-        if not predictions.is_dir():
-            tmp = job.folder / ".predictions.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            cmd = [nnunet_tool("nnUNetv2_predict"), "-i", str(self.raw / "imagesTs"), "-o", str(tmp),
-                   "-d", self.dataset_id(),
-                   "-c", self.s.configuration, "-f", self.s.fold, "-tr", job.trainer, "-p", self.s.plans,
-                   "-device", self.s.device, "--disable_progress_bar"]
-            if self.s.device == "cpu":
-                cmd += ["-npp", "1", "-nps", "1"]
-            self._say(f"[{job.tag}] predict {len(list((self.raw / 'labelsTs').iterdir()))} test cases")
-            timings["predict_s"] = self.run_command(cmd, extra, logs / "predict.log", job.tag)
-            os.replace(tmp, predictions)
-            write_json(logs / "predict.ok", {"seconds": timings["predict_s"]})
         evaluation = job.folder / "evaluation"
         summary_file = evaluation / "summary.json"
         if not summary_file.is_file() or read_json(summary_file).get("tau") != self.s.tau:
@@ -442,20 +616,111 @@ class Benchmark:
             with building_folder(evaluation) as tmp:
                 write_evaluation(result, tmp, title=job.trainer)
             timings["evaluate_s"] = time.time() - start
-        summary = read_json(summary_file)
-        write_json(job.done_file, {"trainer": job.trainer, "run": job.run, "dataset": self.dataset_name,
-                                   "configuration": self.s.configuration, "fold": self.s.fold, "plans": self.s.plans,
-                                   "tau": self.s.tau, "timings": timings, "mean": summary["mean"],
-                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        m = summary["mean"]
-        self._say(f"[{job.tag}] done: mDice {100 * (m['dice'] or 0):.2f}  mNSD {100 * (m['nsd'] or 0):.2f}")
+        return read_json(summary_file)
+
+    # ------------------------------------------------------------------------- nnU-Net's protocol
+
+    def choose(self, job: Job) -> Dict:
+        """``nnUNetv2_find_best_configuration`` of the job's trainer over its configurations and folds, in the
+        job's own ``nnUNet_results``; its ``inference_information.json`` recorded in ``logs/find_best.ok``.
+
+        The marker also records the trainings it chose from (their markers' ids): when a training is redone,
+        the choice and everything after it are made again.
+
+        Raises:
+            StepFailed: nnU-Net failed, or wrote no readable ``inference_information.json``.
+        """
+        logs = job.folder / "logs"
+        ok = logs / "find_best.ok"
+        trained = {u.name: read_json(u.ok_file).get("id") for u in self.units(job)}
+        if ok.is_file():
+            record = read_json(ok)
+            if record.get("trained") == trained:
+                return record
+            self._say(f"[{job.tag}] a training was redone: choosing the configuration again")
+            ok.unlink()
+        for stale in [job.folder / "predictions", job.folder / "evaluation", *self._test_folders(job)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        info_file = job.results_root / self.dataset_name / "inference_information.json"
+        info_file.unlink(missing_ok=True)
+        cmd = [nnunet_tool("nnUNetv2_find_best_configuration"), self.dataset_id(), "-c", *self.s.configurations,
+               "-tr", job.trainer, "-p", self.s.plans, "-f", *self.s.folds]
+        self._say(f"[{job.tag}] nnUNetv2_find_best_configuration over {' '.join(self.s.configurations)}, "
+                  f"folds {' '.join(self.s.folds)} (log: {logs / 'find_best.log'})")
+        seconds = self.run_command(cmd, self._extra_env(job, None), logs / "find_best.log", job.tag)
+        if not info_file.is_file():
+            raise StepFailed(f"{job.tag}: nnUNetv2_find_best_configuration exited with 0 but wrote no {info_file}")
+        info = read_json(info_file, "nnU-Net's inference_information.json")
+        best = info["best_model_or_ensemble"]
+        models = best["selected_model_or_models"]
+        wrong = [m for m in models if m["trainer"] != job.trainer or m["plans_identifier"] != self.s.plans
+                 or m["configuration"] not in self.s.configurations]
+        if not models or wrong:
+            raise StepFailed(f"{job.tag}: {info_file} selects {models}, not configurations of {job.trainer}")
+        configs = [m["configuration"] for m in models]
+        source = Path(best["some_plans_file"]).parent
+        record = {"chosen": " + ".join(configs), "configurations": configs, "ensemble": len(configs) > 1,
+                  "cv_dice": best["result_on_crossval_pre_pp"], "cv_dice_postprocessed": best["result_on_crossval_post_pp"],
+                  "cv_all": info["all_results"], "folds": [str(f) for f in info["folds"]],
+                  "postprocessing_file": best["postprocessing_file"], "plans_json": best["some_plans_file"],
+                  "dataset_json": str(source / "dataset.json"), "inference_information": str(info_file),
+                  "seconds": seconds, "trained": trained}
+        write_json(ok, record)
+        self._say(f"[{job.tag}] nnU-Net chose {record['chosen']}: cross-validation mean foreground Dice "
+                  f"{100 * record['cv_dice']:.2f} ({100 * record['cv_dice_postprocessed']:.2f} post-processed)")
+        return record
+
+    def _test_folders(self, job: Job) -> List[Path]:
+        return [job.folder / f"test_{c}" for c in self.s.configurations] + [job.folder / "test_ensemble"]
+
+    def _predict_protocol(self, job: Job, gpu: Optional[str]) -> Tuple[Dict, float]:
+        """The test cases predicted as nnU-Net's choice would be shipped: each chosen configuration with its
+        folds (with probabilities when an ensemble won), ``nnUNetv2_ensemble``, ``nnUNetv2_apply_postprocessing``.
+        Each step writes a temporary folder moved into place after its command exited with 0."""
+        logs = job.folder / "logs"
+        choice = self.choose(job)
+        final = job.folder / "predictions"
+        seconds = 0.0
+        if (logs / "predict.ok").is_file() and final.is_dir():
+            return choice, read_json(logs / "predict.ok")["seconds"]
+        shutil.rmtree(job.folder / "evaluation", ignore_errors=True)
+        members = []
+        for c in choice["configurations"]:
+            folder = job.folder / f"test_{c}"
+            if not folder.is_dir():
+                self._say(f"[{job.tag}] predict the test cases with {c}, folds {' '.join(choice['folds'])}")
+                with building_folder(folder) as tmp:
+                    seconds += self._predict(job, c, choice["folds"], tmp, gpu, logs / f"predict_{c}.log",
+                                             probabilities=choice["ensemble"])
+            members.append(folder)
+        source = members[0]
+        if choice["ensemble"]:
+            source = job.folder / "test_ensemble"
+            if not source.is_dir():
+                self._say(f"[{job.tag}] nnUNetv2_ensemble {' + '.join(choice['configurations'])}")
+                with building_folder(source) as tmp:
+                    seconds += self.run_command([nnunet_tool("nnUNetv2_ensemble"), "-i", *map(str, members),
+                                                 "-o", str(tmp)], self._extra_env(job, gpu),
+                                                logs / "ensemble.log", job.tag)
+        self._say(f"[{job.tag}] nnUNetv2_apply_postprocessing ({choice['postprocessing_file']})")
+        with building_folder(final) as tmp:
+            seconds += self.run_command([nnunet_tool("nnUNetv2_apply_postprocessing"), "-i", str(source),
+                                         "-o", str(tmp), "-pp_pkl_file", choice["postprocessing_file"],
+                                         "-plans_json", choice["plans_json"], "-dataset_json", choice["dataset_json"]],
+                                        self._extra_env(job, gpu), logs / "postprocess.log", job.tag)
+        write_json(logs / "predict.ok", {"seconds": seconds, "source": str(source)})
+        return choice, seconds
+
+    # ------------------------------------------------------------------------------------ the benchmark
 
     def _check_out_folder(self) -> None:
         record = self.out / "benchmark.json"
         fixed = {"dataset": self.dataset_name, "configuration": self.s.configuration, "fold": self.s.fold,
-                 "plans": self.s.plans}
+                 "plans": self.s.plans, "configurations": self.s.configurations, "folds": self.s.folds}
         if record.is_file():
             old = read_json(record)
+            old.setdefault("configurations", [old.get("configuration")])   # recorded before the protocol existed
+            old.setdefault("folds", [])
             differ = {k: (old.get(k), v) for k, v in fixed.items() if old.get(k) != v}
             if differ:
                 raise ValueError(f"{self.out} holds a benchmark with other settings "
@@ -463,22 +728,32 @@ class Benchmark:
                                  f"use another output folder")
         write_json(record, {**asdict(self.s), **fixed, "out": str(self.out)})
 
-    def run(self, report_only: bool = False) -> Dict:
-        """Runs every unfinished job (unless ``report_only``), then writes and returns the report."""
+    def start(self) -> List[Job]:
+        """Checks the output folder, logs the command, prepares the dataset; returns the unfinished jobs."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_out_folder()
-        if not report_only:
-            self.commands.log(f"# ==== {time.strftime('%Y-%m-%d %H:%M:%S')} nnunet-pmdice benchmark: "
-                              f"{shlex.join(sys.argv)}")
-            self.prepare()
-            jobs = self.jobs()
-            todo = [j for j in jobs if not self.job_finished(j)]
-            for j in jobs:
-                if j not in todo:
-                    self._say(f"[{j.tag}] finished before: skipped")
-            self._say(f"{len(todo)} of {len(jobs)} jobs to run "
-                      f"({len(self.s.trainers)} trainers x {len(jobs) // max(1, len(self.s.trainers))} runs)")
-            self._run_all(todo)
+        self.commands.log(f"# ==== {time.strftime('%Y-%m-%d %H:%M:%S')} nnunet-pmdice benchmark: "
+                          f"{shlex.join(sys.argv)}")
+        self.prepare()
+        jobs = self.jobs()
+        todo = [j for j in jobs if not self.job_finished(j)]
+        for j in jobs:
+            if j not in todo:
+                self._say(f"[{j.tag}] finished before: skipped")
+        per_job = len(self.s.configurations) * max(1, len(self.s.folds))
+        self._say(f"{len(todo)} of {len(jobs)} jobs to run "
+                  f"({len(self.s.trainers)} trainers x {len(jobs) // max(1, len(self.s.trainers))} runs"
+                  + (f"; {per_job} trainings each: {' '.join(self.s.configurations)} x folds {' '.join(self.s.folds)}"
+                     if self.s.protocol else "") + ")")
+        return todo
+
+    def run(self, report_only: bool = False) -> Dict:
+        """Runs every unfinished job (unless ``report_only``), then writes and returns the report."""
+        if report_only:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._check_out_folder()
+        else:
+            self._run_all(self.start())
         report = self.report()
         if self.failures:
             self._say(f"{len(self.failures)} jobs failed: " + "; ".join(f"{j.tag}: {str(e).splitlines()[0]}"
@@ -486,38 +761,47 @@ class Benchmark:
         return report
 
     def _run_all(self, todo: List[Job]) -> None:
-        """Runs ``todo`` with ``jobs`` at once; with ``gpus``, each job holds one GPU while it runs."""
+        """Runs the trainings of ``todo`` with ``jobs`` at once, then the predictions of the jobs whose trainings
+        all finished; with ``gpus``, each holds one GPU while it runs."""
         gpus: Optional[Queue] = None
         if self.s.gpus:
             gpus = Queue()
             for g in self.s.gpus:
                 gpus.put(g)
+        failed = set()
 
-        def one(job: Job) -> None:
+        def guarded(job: Job, step) -> None:
             gpu = gpus.get() if gpus is not None else None
             try:
-                self.run_job(job, gpu)
+                step(gpu)
             except (StepFailed, ValueError, FileNotFoundError) as e:
                 # a command that failed, or an output refused (e.g. a prediction the evaluation cannot read):
                 # this job is recorded as failed, the others run on and the report is still written
-                self.failures.append((job, str(e)))
+                if job not in failed:
+                    failed.add(job)
+                    self.failures.append((job, str(e)))
                 self._say(f"[{job.tag}] FAILED: {e}")
             finally:
                 if gpus is not None:
                     gpus.put(gpu)
 
-        workers = min(self.s.jobs, max(1, len(todo)))
-        if workers == 1:
-            for job in todo:
-                one(job)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, todo))
+        def parallel(tasks) -> None:
+            workers = min(self.s.jobs, max(1, len(tasks)))
+            if workers == 1:
+                for task in tasks:
+                    task()
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda task: task(), tasks))
+
+        trainings = [u for j in todo for u in self.units(j) if not self.unit_finished(u)]
+        parallel([lambda u=u: guarded(u.job, lambda gpu: self.train_unit(u, gpu)) for u in trainings])
+        parallel([lambda j=j: guarded(j, lambda gpu: self.finish_job(j, gpu)) for j in todo if j not in failed])
 
     def report(self) -> Dict:
         """Table, comparison with the baseline, per-case rows, summary and plots from every finished job."""
-        finished = {(t, r): Job(t, r, self.out).folder for t in self.s.trainers for r in range(1, self.s.runs + 1)
-                    if self.job_finished(Job(t, r, self.out))}
+        finished = {(t, r): self.job(t, r).folder for t in self.s.trainers for r in range(1, self.s.runs + 1)
+                    if self.job_finished(self.job(t, r))}
         return write_report(self.out, self.s, self.dataset_name, self.raw, finished, say=self._say)
 
 
@@ -532,7 +816,9 @@ def add_parser(sub) -> None:
                     "(baseline first, best per column bold), the paired comparison of every trainer with the "
                     "baseline and the plots. Resumable: finished jobs are skipped. Reference: docs/benchmark.md.")
     p.add_argument("-d", required=True, metavar="ID", help="dataset id or name in nnUNet_raw (needs imagesTs/labelsTs)")
-    p.add_argument("-c", default="3d_fullres", metavar="CONFIG", help="nnU-Net configuration (default 3d_fullres)")
+    p.add_argument("-c", nargs="+", default=["3d_fullres"], metavar="CONFIG",
+                   help="nnU-Net configuration(s) (default 3d_fullres); several need --folds: nnU-Net's "
+                        "find_best_configuration chooses between them per trainer")
     p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
                    help="trainer names, e.g. nnUNetTrainer nnUNetTrainerPMDice (nnU-Net's default trainer is the "
                         "baseline; it is added when missing)")
@@ -540,7 +826,11 @@ def add_parser(sub) -> None:
     p.add_argument("--iters", type=int, help="append _<n>iters (training iterations per epoch) to every trainer name")
     p.add_argument("--baseline", help="the baseline row (default: the nnUNetTrainer among -tr)")
     p.add_argument("--runs", type=int, default=1, help="independent runs per trainer (default 1; the paper: 3)")
-    p.add_argument("-f", "--fold", default="all", help="fold to train: all (every training case, default) or 0-4")
+    p.add_argument("-f", "--fold", help="the one fold to train: all (every training case, default) or 0-4")
+    p.add_argument("--folds", nargs="+", metavar="FOLD",
+                   help="nnU-Net's protocol: train every configuration on these cross-validation folds (e.g. 0 1 2 3 "
+                        "4), run nnUNetv2_find_best_configuration per trainer, predict the test cases with its choice "
+                        "and post-processing")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu", "mps"), help="default cuda")
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"NSD tolerance, mm (3D) or pixels (2D) "
@@ -554,6 +844,24 @@ def add_parser(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                    help=f"bootstrap resamples of the comparison with the baseline (default {DEFAULT_BOOTSTRAP})")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    g = p.add_argument_group("cluster (submitit; reference: docs/benchmark.md#on-a-slurm-cluster)")
+    g.add_argument("--cluster", choices=("slurm", "local"),
+                   help="run the jobs through submitit: slurm (one job per training, returns after submission) or "
+                        "local (submitit's LocalExecutor on this machine, --jobs at a time; waits)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--time", type=int, metavar="MIN", help="time limit of a training job (default 1440)")
+    g.add_argument("--predict-time", type=int, metavar="MIN",
+                   help="time limit of a prediction, preparation or report job (default 120)")
+    g.add_argument("--gpus-per-job", type=int, metavar="N", help="GPUs per training/prediction job (default 1 with "
+                                                                 "--device cuda, else 0)")
+    g.add_argument("--cpus-per-job", type=int, metavar="N", help="CPUs per training/prediction job (--cpus-per-task)")
+    g.add_argument("--mem", type=int, metavar="GB", help="memory per job, GB")
+    g.add_argument("--account", help="SLURM account")
+    g.add_argument("--qos", help="SLURM quality of service")
+    g.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="further sbatch options, e.g. constraint=a100 mail-type=END")
+    g.add_argument("--setup", nargs="+", default=[], metavar="LINE",
+                   help="shell lines each job runs first, e.g. 'module load cuda/12.1'")
     p.set_defaults(func=run_cli)
 
 
@@ -562,8 +870,14 @@ def settings_from_args(args, trainers: Optional[List[str]] = None) -> BenchmarkS
     names = [with_budget(t, args.epochs, args.iters) for t in (trainers or args.tr)]
     baseline_arg = with_budget(args.baseline, args.epochs, args.iters) if args.baseline else None
     names, baseline = choose_baseline(names, baseline_arg)
-    return BenchmarkSettings(dataset=str(args.d), configuration=args.c, trainers=names, baseline=baseline,
-                             out=args.out, runs=args.runs, fold=str(args.fold), plans=args.plans, device=args.device,
+    configs = [args.c] if isinstance(args.c, str) else list(args.c)
+    folds = list(getattr(args, "folds", None) or [])
+    if folds and args.fold is not None:
+        raise ValueError("give -f/--fold (one fold) or --folds (nnU-Net's cross-validation folds), not both")
+    return BenchmarkSettings(dataset=str(args.d), configuration=configs[0], configurations=configs, folds=folds,
+                             trainers=names, baseline=baseline, out=args.out, runs=args.runs,
+                             fold=str(args.fold if args.fold is not None else "all"), plans=args.plans,
+                             device=args.device,
                              tau=args.tau, jobs=args.jobs or max(1, len(args.gpus)), gpus=list(args.gpus),
                              only_runs=list(args.only_runs), overlay_cases=args.overlay_cases,
                              bootstrap=args.bootstrap, seed=args.seed)
@@ -576,13 +890,51 @@ def warn_unequal_budgets(trainers: Sequence[str], say=print) -> None:
             + ", ".join(f"{t}: {b}" for t, b in budgets.items()))
 
 
+def cluster_from_args(args, settings: BenchmarkSettings):
+    """The :class:`.cluster.ClusterSettings` of ``--cluster`` and its options, None without ``--cluster``.
+
+    Raises:
+        ValueError: a cluster option without ``--cluster``, ``--gpus`` with ``--cluster`` (the scheduler gives
+            each job its GPUs), or an option out of range.
+    """
+    slurm_only = [n for n, v in (("--partition", args.partition), ("--account", args.account), ("--qos", args.qos),
+                                 ("--sbatch", args.sbatch), ("--setup", args.setup), ("--mem", args.mem),
+                                 ("--cpus-per-job", args.cpus_per_job), ("--gpus-per-job", args.gpus_per_job))
+                  if v not in (None, [])]
+    if args.cluster != "slurm" and slurm_only:
+        raise ValueError(f"{', '.join(slurm_only)} need --cluster slurm")
+    if args.cluster is None:
+        timed = [n for n, v in (("--time", args.time), ("--predict-time", args.predict_time)) if v is not None]
+        if timed:
+            raise ValueError(f"{', '.join(timed)} need --cluster slurm or --cluster local")
+        return None
+    from .cluster import ClusterSettings, parse_sbatch_options
+    if args.gpus:
+        raise ValueError("--gpus is for the benchmark without --cluster; with --cluster use --gpus-per-job")
+    if args.cluster == "slurm" and args.jobs:
+        raise ValueError("--jobs is for the benchmark on this machine; SLURM runs every submitted job it can")
+    gpus = args.gpus_per_job if args.gpus_per_job is not None else (1 if settings.device == "cuda" else 0)
+    defaults = ClusterSettings(kind=args.cluster)
+    return ClusterSettings(kind=args.cluster, partition=args.partition,
+                           time_min=defaults.time_min if args.time is None else args.time,
+                           predict_time_min=defaults.predict_time_min if args.predict_time is None else args.predict_time, gpus_per_job=gpus, cpus_per_job=args.cpus_per_job,
+                           mem_gb=args.mem, account=args.account, qos=args.qos,
+                           sbatch=parse_sbatch_options(args.sbatch), setup=list(args.setup), jobs=args.jobs or 1)
+
+
 def run_cli(args) -> int:
     settings = settings_from_args(args)
+    cluster = cluster_from_args(args, settings)
+    if cluster is not None and args.report_only:
+        raise ValueError("--report-only writes the report here; leave out --cluster")
     if not args.report_only:
         check_trainer_names(settings.trainers)
     warn_unequal_budgets(settings.trainers)
     bench = Benchmark(settings)
     try:
+        if cluster is not None:
+            from .cluster import submit
+            return 1 if submit(bench, cluster, say=bench._say)["failed"] else 0
         bench.run(report_only=args.report_only)
     except StepFailed as e:
         print(f"error: {e}", file=sys.stderr)
