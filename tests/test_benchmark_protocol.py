@@ -62,9 +62,9 @@ def test_protocol_settings():
 
 @pytest.mark.parametrize("extra,message", [
     (["-f", "0", "--folds", "0", "1"], "not both"),
-    (["--partition", "gpu"], "--partition need --cluster slurm"),
-    (["--cluster", "local", "--account", "lab"], "--account need --cluster slurm"),
-    (["--time", "60"], "--time need --cluster"),
+    (["--partition", "gpu"], "--partition needs --cluster slurm"),
+    (["--cluster", "local", "--account", "lab"], "--account needs --cluster slurm"),
+    (["--time", "60"], "--time needs --cluster"),
     (["--cluster", "slurm", "--gpus", "0"], "--gpus is for the benchmark without --cluster"),
     (["--cluster", "slurm", "--jobs", "2"], "--jobs is for the benchmark on this machine"),
     (["--cluster", "slurm", "--sbatch", "constraint"], "KEY=VALUE"),

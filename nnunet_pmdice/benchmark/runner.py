@@ -902,11 +902,12 @@ def cluster_from_args(args, settings: BenchmarkSettings):
                                  ("--cpus-per-job", args.cpus_per_job), ("--gpus-per-job", args.gpus_per_job))
                   if v not in (None, [])]
     if args.cluster != "slurm" and slurm_only:
-        raise ValueError(f"{', '.join(slurm_only)} need --cluster slurm")
+        raise ValueError(f"{', '.join(slurm_only)} {'needs' if len(slurm_only) == 1 else 'need'} --cluster slurm")
     if args.cluster is None:
         timed = [n for n, v in (("--time", args.time), ("--predict-time", args.predict_time)) if v is not None]
         if timed:
-            raise ValueError(f"{', '.join(timed)} need --cluster slurm or --cluster local")
+            raise ValueError(f"{', '.join(timed)} {'needs' if len(timed) == 1 else 'need'} --cluster slurm or "
+                             f"--cluster local")
         return None
     from .cluster import ClusterSettings, parse_sbatch_options
     if args.gpus:
