@@ -57,9 +57,12 @@ def test_every_loss_case_runs_on_its_target_kind():
         assert torch.isfinite(value) and logits.grad is not None, case.name
 
 
-def test_interleaved_timing_calls_each_step_once_per_round():
+def test_interleaved_timing_calls_each_step_once_per_round_in_changing_orders():
     from nnunet_pmdice.benchmark.loss_cost import interleaved_median_seconds
     calls = []
-    seconds = interleaved_median_seconds([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeat=3)
-    assert calls == ["a", "b"] * 4 and len(seconds) == 2
+    steps = [lambda k=k: calls.append(k) for k in "abcd"]
+    seconds = interleaved_median_seconds(steps, warmup=1, repeat=6)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 7 and all(sorted(r) == list("abcd") for r in rounds) and len(seconds) == 4
+    assert len({tuple(r) for r in rounds[1:]}) > 1  # not the same order every round
 

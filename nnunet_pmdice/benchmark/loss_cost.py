@@ -19,7 +19,7 @@ logits and label maps and prints a table with ratios to nnU-Net's losses measure
 
 Time: median over ``repeat`` calls after ``warmup`` calls, each call timed alone by PyTorch's benchmark clock
 (``torch.utils.benchmark``'s ``timer``, which synchronises the accelerator first); the calls of the rows
-of one shape (and of the trainers) are interleaved, one of each in turn. Peak extra memory:
+of one shape (and of the trainers) are interleaved, one of each per round in a shuffled order. Peak extra memory:
 CUDA from ``torch.cuda.max_memory_allocated`` minus the memory held before the call; CPU from
 PyTorch's memory profiler (``torch.profiler`` with ``profile_memory``): the peak of the running sum of
 the sizes of tensors created minus destroyed during one forward+backward, the input gradient included.
@@ -286,9 +286,9 @@ def run_loss_benchmark(shapes: Dict[str, Tuple[int, ...]], ds_shapes: Dict[str, 
                        progress: bool = True) -> List[dict]:
     """One row per (shape, case): median forward+backward milliseconds and peak extra MiB.
 
-    The calls of every case of a shape are interleaved (one call of each case in turn, ``repeat``
-    rounds after ``warmup`` rounds), so a slow spell of the machine falls on every row of the shape
-    alike rather than on whichever row ran during it: the ratios are what the benchmark reports.
+    The calls of every case of a shape are interleaved (one call of each case per round, in a shuffled
+    order, ``repeat`` rounds after ``warmup`` rounds), so a slow spell of the machine falls on every row of
+    the shape alike rather than on whichever row ran during it: the ratios are what the benchmark reports.
     """
     from tqdm import tqdm
     jobs = [(label, shape, None) for label, shape in shapes.items()]
@@ -328,20 +328,27 @@ def run_loss_benchmark(shapes: Dict[str, Tuple[int, ...]], ds_shapes: Dict[str, 
     return rows
 
 
-def interleaved_median_seconds(steps: Sequence[Callable[[], object]], warmup: int, repeat: int) -> List[float]:
-    """Median seconds of each step over ``repeat`` rounds, each round calling every step once, in turn.
+def interleaved_median_seconds(steps: Sequence[Callable[[], object]], warmup: int, repeat: int,
+                               seed: int = 0) -> List[float]:
+    """Median seconds of each step over ``repeat`` rounds, each round calling every step once, in a new order.
 
     Timed like :func:`median_seconds` (each call alone, the accelerator synchronised); ``warmup`` rounds
-    first.
+    first. The order is shuffled in every round (``seed``): what a call leaves behind (the allocator's
+    free memory, the caches) changes the next call's time by up to half on the CPU, so in a fixed order the
+    first step of each round would always follow the same one.
     """
+    import random
+    rng = random.Random(seed)
+    order = list(range(len(steps)))
     for _ in range(warmup):
         for step in steps:
             step()
     times: List[List[float]] = [[] for _ in steps]
     for _ in range(repeat):
-        for i, step in enumerate(steps):
+        rng.shuffle(order)
+        for i in order:
             t0 = synced_clock()
-            step()
+            steps[i]()
             times[i].append(synced_clock() - t0)
     return [statistics.median(t) for t in times]
 
