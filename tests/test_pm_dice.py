@@ -198,6 +198,22 @@ def test_region_bool_targets_match_reference(gamma, masked, size):
         _assert_matches_reference(x, y, dict(gamma=gamma, nonlin="sigmoid", squared=squared), mask)
 
 
+@pytest.mark.parametrize("target_dtype", [torch.bool, torch.float32, torch.float64])
+def test_dense_backward_twice_and_the_callers_target_untouched(target_dtype):
+    """The dense kernel writes its gradient into its own float copy of the target: a second backward
+    (retain_graph) gives the same gradient, and a float target passed in is never written."""
+    torch.manual_seed(22)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    y = (torch.rand(2, 3, 8, 8) > 0.5).to(target_dtype)
+    y_before = y.clone()
+    value = PMDiceLoss(gamma=2.0, nonlin="sigmoid")(x, y)
+    g1, = torch.autograd.grad(value, x, retain_graph=True)
+    g2, = torch.autograd.grad(value, x)
+    assert torch.equal(g1, g2) and torch.equal(y, y_before)
+    ref, = torch.autograd.grad(reference_pm_dice(x, y_before.float(), gamma=2.0, nonlin="sigmoid"), x)
+    torch.testing.assert_close(g1, ref, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("kernel", ["LabelMapPMDiceSums", "TwoClassPMDiceSums"])
 def test_confident_background_keeps_float32_precision(kernel):
     """A large, confidently predicted background keeps its small denominator terms in float32.

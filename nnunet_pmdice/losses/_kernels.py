@@ -214,22 +214,26 @@ class LabelMapPMDiceSums(torch.autograd.Function):
 
             m_t = _modulation_at_labels(p_t, groups, labels, vmask)
             inter_px = m_t * p_t
-            # m_t is kept for backward where recomputing it costs powers and blends (1/C of the logits' size);
-            # for gamma 0 and 1 backward applies it for free and its buffer takes the denominator term
-            keep_m = not (len(groups) == 1 and groups[0][2] in (0.0, 1.0))
-            den_px = (torch.addcmul(m_t, inter_px, p_t) if squared else m_t + inter_px) if keep_m else \
-                (m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px))
-            if not keep_m:
-                m_t = None
             # per-class sums of the label-channel terms: scatter_add into (rows, C), rows summed after
             R = B * (lab_rows := _scatter_rows(labels[0].numel(), p.device))
             lab = labels.reshape(R, -1)
             zeros = torch.zeros((R, C), dtype=cdt, device=p.device)
-            sums = torch.stack([zeros.scatter_add(1, lab, inter_px.view(R, -1)),
-                                zeros.scatter_add(1, lab, den_px.view(R, -1)),
+            inter_sum = zeros.scatter_add(1, lab, inter_px.view(R, -1))
+            # m_t is kept for backward where recomputing it costs powers and blends (1/C of the logits' size);
+            # then the denominator term m_t (1 + p_t**2) is built in inter_px's buffer, else in m_t's (for
+            # gamma 0 and 1 backward applies m_t for free)
+            keep_m = not (len(groups) == 1 and groups[0][2] in (0.0, 1.0))
+            if keep_m:
+                den_px = inter_px.mul_(p_t).add_(m_t) if squared else inter_px.add_(m_t)
+            else:
+                den_px = m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px)
+                m_t = None
+            del inter_px
+            sums = torch.stack([inter_sum, zeros.scatter_add(1, lab, den_px.view(R, -1)),
                                 zeros.scatter_add(1, lab, vmask.view(R, -1)) if vmask is not None else
                                 zeros.scatter_add(1, lab, torch.ones((1, 1), dtype=cdt, device=p.device)
                                                   .expand(R, lab.shape[1]))]).view(3, B, lab_rows, C).sum(2)
+            del den_px
             intersect, gt_sum = sums[0], sums[2]
             denom.add_(sums[1])
 
@@ -342,7 +346,8 @@ class TwoClassPMDiceSums(torch.autograd.Function):
             inter_r, den_r, other_r = V.unbind(1)
             ef = e.view(B, n)
             if g0 == g1:
-                m_t = m_o = ef if g0 == 1.0 else powf(ef, g0)
+                # e**gamma in other_r's own row (no temporary): it becomes m_o e**2 there last
+                m_t = m_o = ef if g0 == 1.0 else _pow_into(other_r, ef, g0)
             else:  # m_t = e**gamma_t, m_o = e**gamma_o: both powers, then swapped where y = 1
                 # as E_0 y_0 + E_1 y_1 and E_1 y_0 + E_0 y_1: exact for 0/1 labels; masked pixels (y = 0
                 # in Y) get 0 and add nothing
@@ -409,14 +414,14 @@ class TwoClassPMDiceSums(torch.autograd.Function):
                 if g0 == 1.0:
                     H.mul_(e).mul_(e)
                 elif g0 != 0.0:
-                    H.mul_(powf(e, g0 + 1.0))
+                    H.mul_(_pow_into(d1, e, g0 + 1.0))  # in d1, free until the last step (no temporary)
                 else:
                     H.mul_(e)
             else:
                 # channel 1 gets e p_t (y (P - 2 r K) - alpha_0 E_0 + r K), P = sum_c alpha_c E_c,
                 # K = sum_c kappa_c E_c, E_c = e**gamma_c
                 H = d1
-                E0, E1 = powf(e, g0), powf(e, g1)
+                E0, E1 = _pow_into(d0, e, g0), powf(e, g1)  # E0 in d0, free until the last step
                 torch.mul(E0, k0, out=H).addcmul_(E1, k1)    # K
                 if squared:
                     H.mul_(e)                                # r K
@@ -503,9 +508,15 @@ def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tenso
         m_t = q if g == 1.0 else powf(q, g)
     else:
         m_t = powf(q, g)
-        for c0, _c1, g in groups[1:]:  # contiguous groups in channel order: a later group overrides
-            # lerp is exact at weights 0 and 1 (and far cheaper than torch.where on the CPU)
-            m_t.lerp_(powf(q, float(g)), labels.ge(c0).to(q.dtype))
+        last = len(groups) - 1
+        for i, (c0, _c1, g) in enumerate(groups[1:], 1):  # contiguous groups in channel order: later ones override
+            m_g = powf(q, float(g))
+            if i == last:
+                del q  # not needed any more: one buffer fewer at the peak
+            # lerp with a 0/1 weight is exact, and on the CPU far cheaper than torch.where, masked_fill_ or a
+            # product with the bool mask itself
+            m_t.lerp_(m_g, labels.ge(c0).to(m_t.dtype))
+            del m_g
     if vmask is not None:
         m_t.mul_(vmask)
     return m_t
@@ -558,26 +569,36 @@ class DensePMDiceSums(torch.autograd.Function):
                 del mp
             gt_sum = (yv if vmask is None else yv * vmask).sum(dims)
         ctx.mark_non_differentiable(gt_sum)
-        ctx.save_for_backward(p, yv, vmask)
+        ctx.save_for_backward(p, y, vmask)
+        # The float copy of the target (a bool region target's, say) is handed to backward outside
+        # save_for_backward: backward turns it into its gradient buffer, and a second backward
+        # (retain_graph=True) finds None and converts the target again. A float target of the compute dtype
+        # is the caller's own tensor (no copy) and is never written.
+        ctx.yv = yv if yv is not y else None
         ctx.state = dict(groups=_groups_of(gammas), squared=squared, nonlin=nonlin, in_dtype=logits.dtype)
         return intersect, denom, gt_sum
 
     @staticmethod
     def backward(ctx, g_inter, g_denom, _g_gt):
-        p, yv, vmask = ctx.saved_tensors
+        p, y, vmask = ctx.saved_tensors
         st = ctx.state
         with torch.autocast(p.device.type, enabled=False):
+            yv, ctx.yv = ctx.yv, None
+            if yv is None:
+                yv = y.to(p.dtype)
+            own = yv is not y  # a copy of ours: its buffer can take the gradient
             shape = p.shape[:2] + (1,) * (p.ndim - 2)
             gi = (torch.zeros(shape, dtype=p.dtype, device=p.device) if g_inter is None
                   else g_inter.to(p.dtype).reshape(shape))
             gd = (torch.zeros(shape, dtype=p.dtype, device=p.device) if g_denom is None
                   else g_denom.to(p.dtype).reshape(shape))
-            # G = m (g_I y + 2 g_D p) (squared) or m (g_I y + g_D), in one buffer
-            if st["squared"]:
-                G = torch.mul(p, 2.0 * gd).addcmul_(yv, gi)
-            else:
-                G = torch.mul(yv, gi).add_(gd)
             m = _dense_modulation(p, yv, vmask, st["groups"])
+            # G = m (g_I y + 2 g_D p) (squared) or m (g_I y + g_D), in y's float copy where it is ours
+            G = yv.mul_(gi) if own else torch.mul(yv, gi)
+            if st["squared"]:
+                G.addcmul_(p, 2.0 * gd)
+            else:
+                G.add_(gd)
             if m is not None:
                 G.mul_(m)
                 del m
@@ -615,22 +636,28 @@ def _dense_modulation(p, yv, vmask, groups: Groups) -> Optional[torch.Tensor]:
         return None if vmask is None else vmask.expand_as(p).to(p.dtype, copy=True)
     m = (p - yv).abs_()
     if len(groups) == 1:
-        m = _pow_inplace(m, groups[0][2])
+        _pow_inplace(m, groups[0][2])
     else:
         for c0, c1, g in groups:
-            if g != 1:
-                m[:, c0:c1] = powf(m[:, c0:c1], g)
+            _pow_inplace(m[:, c0:c1], g)
     if vmask is not None:
         m.mul_(vmask)
     return m
 
 
 def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
-    """``t ** e`` for t >= 0 in ``t``'s own buffer where the steps allow it (they never read the original t
-    again: squarings and cubes, a square root), else as a new tensor."""
+    """``t ** e`` for t >= 0 in ``t``'s own buffer (a view is written through), with no temporary.
+
+    Squarings and cubes (2, 3, 4, 6, 8, 9, ...) and the square root in place; an exponent whose cheap steps
+    would read the original t again (5 = 4 + 1) takes ``pow_``: a full-size temporary costs more memory
+    than the benchmark's target allows, and on the CPU a fresh allocation above 32 MB costs page faults
+    that outweigh the transcendental.
+    """
     e = float(e)
     if e == 1:
         return t
+    if e == 0:
+        return t.fill_(1.0)
     if e == 0.5:
         return torch.rsqrt(t, out=t).reciprocal_() if t.device.type == "cpu" else t.sqrt_()
     chain = _CHAINS.get(int(e)) if e.is_integer() else None
@@ -638,7 +665,7 @@ def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
         for step in chain:
             t.mul_(t) if step == "sq" else t.pow_(3)
         return t
-    return powf(t, e)
+    return t.pow_(e)
 
 
 _GROUP_CACHE: dict = {}
