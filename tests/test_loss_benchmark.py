@@ -34,7 +34,8 @@ def test_bench_loss_quick_run_writes_table_and_plot(tmp_path):
             base = next(b for b in rows if b["shape"] == r["shape"] and b["loss"] == r["baseline"])
             assert abs(r["time_ratio"] - r["ms"] / base["ms"]) < 1e-9
     assert [t["trainer"] for t in data["train_step"]] == ["nnUNetTrainer", "nnUNetTrainerPMDice",
-                                                          "nnUNetTrainerPMDice_g2_bg1", "nnUNetTrainerCEPMDice"]
+                                                          "nnUNetTrainerPMDice_g2_bg1", "nnUNetTrainerCEPMDice",
+                                                          "nnUNetTrainer (second instance)"]
     assert (tmp_path / "loss_benchmark.png").stat().st_size > 10_000
     assert "| PM Dice gamma 1 |" in res.stdout
 
