@@ -93,9 +93,43 @@ def sqrt(t: torch.Tensor) -> torch.Tensor:
         >>> sqrt(t).tolist()
         [0.0, 0.5, 2.0]
     """
-    if t.device.type == "cpu":
-        return torch.rsqrt(t).reciprocal_()
-    return t.sqrt()
+    return _pow_into(torch.empty_like(t), t, 0.5)
+
+
+def _built_from_steps(e: float) -> bool:
+    """Whether :func:`_pow_into` builds ``t ** e`` from one-pass steps (0.5, integers and half-integers up to
+    ``_MAX_MULTIPLIED_EXPONENT``) rather than with a transcendental ``pow``."""
+    return e == 0.5 or ((2 * e).is_integer() and 1 <= e <= _MAX_MULTIPLIED_EXPONENT)
+
+
+def _pow_into(dst: torch.Tensor, t: torch.Tensor, e: float) -> torch.Tensor:
+    """``t ** e`` (t >= 0) written into ``dst``: the one place the steps of :func:`powf` are carried out.
+
+    ``dst`` may be ``t`` itself for 0, 0.5 and the integer exponents whose steps (:data:`_CHAINS`) never
+    read t again after the first (see :func:`_pow_inplace`).
+    """
+    e = float(e)
+    if e == 0:
+        return dst.fill_(1.0)
+    if e == 1:
+        return dst.copy_(t)
+    if e == 0.5:
+        return torch.rsqrt(t, out=dst).reciprocal_() if t.device.type == "cpu" else torch.sqrt(t, out=dst)
+    if not _built_from_steps(e):
+        return dst.copy_(t.pow(e))
+    if not e.is_integer():  # half-integer: t ** (e - 0.5) times the root (on the CPU: divided by rsqrt)
+        _pow_into(dst, t, e - 0.5)
+        return dst.div_(torch.rsqrt(t)) if t.device.type == "cpu" else dst.mul_(t.sqrt())
+    first = True
+    for step in _CHAINS[int(e)]:
+        if step == "sq":
+            torch.mul(t, t, out=dst) if first else dst.mul_(dst)
+        elif step == "cube":
+            torch.pow(t, 3, out=dst) if first else dst.pow_(3)  # aten's fast path for 3: x * x * x
+        else:
+            dst.mul_(t)
+        first = False
+    return dst
 
 
 def powf(t: torch.Tensor, e: float) -> torch.Tensor:
@@ -104,7 +138,7 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
     ``torch.pow`` with a general exponent costs a transcendental per element; integer exponents up to
     ``_MAX_MULTIPLIED_EXPONENT`` are built in one buffer from one-pass steps (:data:`_CHAINS`), and
     half-integer ones as ``t ** (e - 0.5) / rsqrt(t)`` (a CPU ``sqrt`` is slow on zeros, see
-    :func:`sqrt`; ``x / rsqrt(0) = x / inf = 0``).
+    :func:`sqrt`; ``x / rsqrt(0) = x / inf = 0``); :func:`_pow_into` carries the steps out.
 
     Example:
         >>> import torch
@@ -119,23 +153,8 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
         return torch.ones_like(t)
     if e == 1:
         return t.clone()
-    if e == 0.5:
-        return sqrt(t)
-    if e.is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
-        out = None
-        for step in _CHAINS[int(e)]:
-            if step == "sq":
-                out = t * t if out is None else out.mul_(out)
-            elif step == "cube":
-                out = t.pow(3) if out is None else out.pow_(3)  # aten's fast path for 3: x * x * x
-            else:
-                out.mul_(t)
-        return out
-    if (2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
-        root = torch.rsqrt(t) if t.device.type == "cpu" else None
-        if root is None:
-            return powf(t, e - 0.5).mul_(t.sqrt())
-        return (t.clone() if e == 1.5 else powf(t, e - 0.5)).div_(root)
+    if _built_from_steps(e):
+        return _pow_into(torch.empty_like(t), t, e)
     return t.pow(e)
 
 
@@ -467,32 +486,6 @@ def _powered(p: torch.Tensor, groups: Groups, offset: float, force: bool = False
     return out
 
 
-def _pow_into(dst: torch.Tensor, t: torch.Tensor, e: float) -> torch.Tensor:
-    """``t ** e`` written into ``dst`` (for t >= 0), by the steps of :func:`powf` but in ``dst`` itself."""
-    e = float(e)
-    if e == 0:
-        return dst.fill_(1.0)
-    if e == 1:
-        return dst.copy_(t)
-    if e == 0.5:
-        return torch.rsqrt(t, out=dst).reciprocal_() if t.device.type == "cpu" else torch.sqrt(t, out=dst)
-    if e.is_integer() and e <= _MAX_MULTIPLIED_EXPONENT:
-        first = True
-        for step in _CHAINS[int(e)]:
-            if step == "sq":
-                torch.mul(t, t, out=dst) if first else dst.mul_(dst)
-            elif step == "cube":
-                torch.pow(t, 3, out=dst) if first else dst.pow_(3)
-            else:
-                dst.mul_(t)
-            first = False
-        return dst
-    if (2 * e).is_integer() and e <= _MAX_MULTIPLIED_EXPONENT and t.device.type == "cpu":
-        _pow_into(dst, t, e - 0.5)
-        return dst.div_(torch.rsqrt(t))
-    return dst.copy_(powf(t, e))
-
-
 def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tensor,
                           vmask: Optional[torch.Tensor]) -> torch.Tensor:
     """m at the label channel, (1 - p_t)**gamma_t, zero at ignored pixels. A new tensor.
@@ -648,23 +641,17 @@ def _dense_modulation(p, yv, vmask, groups: Groups) -> Optional[torch.Tensor]:
 def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
     """``t ** e`` for t >= 0 in ``t``'s own buffer (a view is written through), with no temporary.
 
-    Squarings and cubes (2, 3, 4, 6, 8, 9, ...) and the square root in place; an exponent whose cheap steps
-    would read the original t again (5 = 4 + 1) takes ``pow_``: a full-size temporary costs more memory
-    than the benchmark's target allows, and on the CPU a fresh allocation above 32 MB costs page faults
-    that outweigh the transcendental.
+    Squarings and cubes (2, 3, 4, 6, 8, 9, ...) and the square root in place (:func:`_pow_into` with ``t``
+    as its own destination); an exponent whose cheap steps would read the original t again (5 = 4 + 1)
+    takes ``pow_``: a full-size temporary costs more memory than the benchmark's target allows, and on the
+    CPU a fresh allocation above 32 MB costs page faults that outweigh the transcendental.
     """
     e = float(e)
     if e == 1:
         return t
-    if e == 0:
-        return t.fill_(1.0)
-    if e == 0.5:
-        return torch.rsqrt(t, out=t).reciprocal_() if t.device.type == "cpu" else t.sqrt_()
     chain = _CHAINS.get(int(e)) if e.is_integer() else None
-    if chain is not None and "t" not in chain:
-        for step in chain:
-            t.mul_(t) if step == "sq" else t.pow_(3)
-        return t
+    if e in (0.0, 0.5) or (chain is not None and "t" not in chain):
+        return _pow_into(t, t, e)
     return t.pow_(e)
 
 
