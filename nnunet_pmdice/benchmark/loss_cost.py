@@ -192,19 +192,7 @@ def median_seconds(step: Callable[[], object], warmup: int, repeat: int) -> floa
     ``n`` calls after warm-up calls of its own, and ``blocked_autorange`` picks the block size itself;
     this benchmark reports the median of single calls, for a fixed, given number of calls.
     """
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        t0 = synced_clock()
-        step()
-        times.append(synced_clock() - t0)
-    return statistics.median(times)
-
-
-def time_fwd_bwd(loss_fn, logits, target, warmup: int, repeat: int, autocast_dtype=None) -> float:
-    """Median seconds of one forward+backward."""
-    return median_seconds(lambda: _fwd_bwd(loss_fn, logits, target, autocast_dtype), warmup, repeat)
+    return interleaved_median_seconds([step], warmup, repeat)[0]
 
 
 def peak_extra_memory(loss_fn, logits, target, autocast_dtype=None) -> float:
@@ -314,7 +302,7 @@ def run_loss_benchmark(shapes: Dict[str, Tuple[int, ...]], ds_shapes: Dict[str, 
             fn = torch.compile(loss) if compile_losses else loss
             fns.append((case, fn, targets[case.target]))
         bar.set_postfix_str(label)
-        steps = [lambda fn=fn, t=t: _fwd_bwd(fn, logits, t, autocast_dtype) for _c, fn, t in fns]
+        steps = [lambda fn=fn, t=t, x=logits: _fwd_bwd(fn, x, t, autocast_dtype) for _c, fn, t in fns]
         seconds = interleaved_median_seconds(steps, warmup, repeat)
         for (case, fn, t), sec in zip(fns, seconds):
             mem = peak_extra_memory(fn, logits, t, autocast_dtype) if memory else float("nan")
