@@ -62,6 +62,22 @@ def run_cli(args: List[str], env: Dict[str, str], timeout: float = 600, cwd=None
     return res
 
 
+def pmdice_cli(args: List[str], env: Dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m nnunet_pmdice.cli ARGS``; with ``check``, a failure raises with the end of its output."""
+    res = subprocess.run([sys.executable, "-m", "nnunet_pmdice.cli", *args], env=env, capture_output=True,
+                         text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"exit {res.returncode}:\n{(res.stdout + res.stderr)[-6000:]}")
+    return res
+
+
+def command_lines(out: Path, tool: str) -> List[str]:
+    """Lines of a benchmark's commands.log that run ``tool`` (by name or by its path in the environment's bin folder)."""
+    import re
+    pattern = re.compile(rf"(^|[ /]){re.escape(tool)}( |$)")
+    return [ln for ln in (out / "commands.log").read_text().splitlines() if pattern.search(ln)]
+
+
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("nnunet")

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from nnunet_pmdice.benchmark.report import MIN_SWEEP_POINTS, gamma_sweep, nsd_un
 from nnunet_pmdice.benchmark.runner import (BenchmarkSettings, check_trainer_names, choose_baseline,
                                             dataset_folder_name, is_baseline_name, trainer_budget, with_budget)
 
-from conftest import nnunet_env
+from conftest import command_lines, nnunet_env, pmdice_cli as cli
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -133,20 +130,6 @@ def test_no_gamma_sweep(trainers):
 
 BUDGET = ["--epochs", "1", "--iters", "2"]
 T_BASE, T_PM = "nnUNetTrainer_1epochs_2iters", "nnUNetTrainerPMDice_1epochs_2iters"
-
-
-def cli(args, env, check=True):
-    res = subprocess.run([sys.executable, "-m", "nnunet_pmdice.cli", *args], env=env, capture_output=True,
-                         text=True, timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(f"exit {res.returncode}:\n{(res.stdout + res.stderr)[-6000:]}")
-    return res
-
-
-def command_lines(out: Path, tool: str):
-    """Lines of commands.log that run ``tool`` (by name or by its path in the environment's bin folder)."""
-    pattern = re.compile(rf"(^|[ /]){re.escape(tool)}( |$)")
-    return [ln for ln in (out / "commands.log").read_text().splitlines() if pattern.search(ln)]
 
 
 @pytest.fixture(scope="module")

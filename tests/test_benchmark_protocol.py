@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from nnunet_pmdice.benchmark.cluster import BenchmarkTask, ClusterSettings, parse_sbatch_options, slurm_parameters
 from nnunet_pmdice.benchmark.runner import BenchmarkSettings
 
-from conftest import nnunet_env
+from conftest import command_lines, nnunet_env, pmdice_cli
 
 DATASET_ID = 906  # kept clear of the other tests' ids
 T_BASE, T_PM = "nnUNetTrainer_1epochs_1iters", "nnUNetTrainerPMDice_1epochs_1iters"
@@ -22,16 +19,7 @@ PROTOCOL = ["-c", "2d", "3d_fullres", "--folds", "0", "1", "--epochs", "1", "--i
 
 
 def cli(args, env, check=True):
-    res = subprocess.run([sys.executable, "-m", "nnunet_pmdice.cli", "benchmark", *args], env=env,
-                         capture_output=True, text=True, timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(f"exit {res.returncode}:\n{(res.stdout + res.stderr)[-6000:]}")
-    return res
-
-
-def command_lines(out: Path, tool: str):
-    pattern = re.compile(rf"(^|[ /]){re.escape(tool)}( |$)")
-    return [ln for ln in (out / "commands.log").read_text().splitlines() if pattern.search(ln)]
+    return pmdice_cli(["benchmark", *args], env, check)
 
 
 # ------------------------------------------------------------------------------------------- settings
