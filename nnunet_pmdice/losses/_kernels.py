@@ -638,13 +638,32 @@ def _dense_modulation(p, yv, vmask, groups: Groups) -> Optional[torch.Tensor]:
     return m
 
 
+#: Elements per block of :func:`_pow_inplace`'s blocked steps (1 MiB of float32)
+_POW_BLOCK = 1 << 18
+
+
 def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
-    """``t ** e`` for t >= 0 in ``t``'s own buffer (a view is written through), with no temporary.
+    """``t ** e`` for t >= 0 in ``t``'s own buffer (a view is written through), with no full-size temporary.
 
     Squarings and cubes (2, 3, 4, 6, 8, 9, ...) and the square root in place (:func:`_pow_into` with ``t``
-    as its own destination); an exponent whose cheap steps would read the original t again (5 = 4 + 1)
-    takes ``pow_``: a full-size temporary costs more memory than the benchmark's target allows, and on the
-    CPU a fresh allocation above 32 MB costs page faults that outweigh the transcendental.
+    as its own destination). An exponent whose cheap steps read the original t again (5 = 4 + 1, the
+    half-integers) runs them block by block on the CPU (:data:`_POW_BLOCK` elements), through one
+    block-sized temporary: a full-size temporary costs more memory than the benchmark's target allows, and
+    ``pow_`` a transcendental per element (at 12x4x256x256: 8.1 ms, the blocked steps 0.9 ms). Elsewhere,
+    and for exponents not built from steps, ``pow_``: one pass on an accelerator.
+
+    Example:
+        >>> import torch
+        >>> t = torch.rand(3, 2, 300_000, dtype=torch.float64)
+        >>> expected = t[:, 1:] ** 5
+        >>> out = _pow_inplace(t[:, 1:], 5)
+        >>> bool(torch.allclose(out, expected, rtol=1e-14)), out.data_ptr() == t[:, 1:].data_ptr()
+        (True, True)
+        >>> bool(torch.allclose(t[:, 1:], expected, rtol=1e-14))
+        True
+        >>> expected = t ** 2.5
+        >>> bool(torch.allclose(_pow_inplace(t, 2.5), expected, rtol=1e-14))
+        True
     """
     e = float(e)
     if e == 1:
@@ -652,7 +671,23 @@ def _pow_inplace(t: torch.Tensor, e: float) -> torch.Tensor:
     chain = _CHAINS.get(int(e)) if e.is_integer() else None
     if e in (0.0, 0.5) or (chain is not None and "t" not in chain):
         return _pow_into(t, t, e)
-    return t.pow_(e)
+    if t.device.type != "cpu" or not _built_from_steps(e) or t.ndim == 0:
+        return t.pow_(e)
+    if not t.is_contiguous():  # a channel group's view: each sample's slice of it is contiguous
+        if t.ndim == 1 or t[0].numel() < 8192:  # (small slices: a few calls per slice cost more than pow_)
+            return t.pow_(e)
+        for sub in t.unbind(0):
+            _pow_inplace(sub, e)
+        return t
+    flat = t.view(-1)
+    tmp = torch.empty(min(_POW_BLOCK, flat.numel()), dtype=t.dtype)
+    for block in flat.split(_POW_BLOCK):
+        out = tmp[:block.numel()]
+        if chain is not None and chain[-1] == "t":  # the last step multiplies by t: write it into t itself
+            block.mul_(_pow_into(out, block, e - 1))
+        else:
+            block.copy_(_pow_into(out, block, e))
+    return t
 
 
 _GROUP_CACHE: dict = {}
