@@ -132,13 +132,17 @@ BUDGET = ["--epochs", "1", "--iters", "2"]
 T_BASE, T_PM = "nnUNetTrainer_1epochs_2iters", "nnUNetTrainerPMDice_1epochs_2iters"
 
 
+#: ``nnunet-pmdice demo`` on its default task (faintpolyp2d) with a tiny dataset and budget
+DEMO = ["demo", "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3", "--size", "48", "48",
+        "--seed", "3", "--runs", "1", "--figure-cases", "2"]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """``nnunet-pmdice demo`` with a tiny dataset and budget: synthetic data, nnU-Net plan/train/predict."""
+    """The demo end to end: synthetic data, nnU-Net plan/train/predict, the comparison, the Figure-2 panels."""
     out = tmp_path_factory.mktemp("demo")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", nnUNet_compile="f")
-    res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
-               "--size", "48", "48", "--seed", "3", "--kind", "polyp2d", "--runs", "1"], env)
+    res = cli([*DEMO, "-o", str(out)], env)
     return out, env, res
 
 
@@ -168,17 +172,35 @@ def test_demo_writes_table_plots_and_command_log(demo):
     assert len(command_lines(out, "nnUNetv2_plan_and_preprocess")) == 1
     assert len(command_lines(out, "nnUNetv2_predict")) == 2
     # the per-run nnU-Net results folder holds nnU-Net's own training output
-    assert (out / "runs" / "run_1" / "nnUNet_results" / "Dataset500_SynthPolyp2D" / f"{T_PM}__nnUNetPlans__2d"
+    assert (out / "runs" / "run_1" / "nnUNet_results" / "Dataset500_SynthFaintPolyp2D" / f"{T_PM}__nnUNetPlans__2d"
             / "fold_all" / "checkpoint_final.pth").is_file()
+    dj = json.loads((out / "nnUNet_raw" / "Dataset500_SynthFaintPolyp2D" / "dataset.json").read_text())
+    assert dj["synthetic"]["kind"] == "faintpolyp2d" and sum(dj["synthetic"]["objects_test"]["polyp"].values()) >= 3
+
+
+@pytest.mark.integration
+def test_demo_draws_the_figure2_panels_of_the_same_cases_for_each_trainer(demo):
+    out, _, res = demo
+    for trainer in (T_BASE, T_PM):
+        png = out / "figure2" / f"modulation_{trainer}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", trainer
+        losses = json.loads(png.with_suffix(".json").read_text())["cases"]
+        assert len(losses) == 2
+        for case in losses.values():
+            assert 0 <= case["dice_loss"] <= 1 and set(case["pm_dice_loss"]) == {"0.5", "1", "2", "5"}
+    # both figures show the same cases (picked from the references alone)
+    assert (json.loads((out / "figure2" / f"modulation_{T_BASE}.json").read_text())["cases"].keys()
+            == json.loads((out / "figure2" / f"modulation_{T_PM}.json").read_text())["cases"].keys())
+    assert res.stdout.count("[figure]") == 2
 
 
 @pytest.mark.integration
 def test_rerun_skips_finished_jobs_and_redoes_a_crashed_one(demo):
     out, env, _ = demo
     before = len(command_lines(out, "nnUNetv2_train"))
-    res = cli(["demo", "-o", str(out), "--device", "cpu", *BUDGET, "--num-train", "4", "--num-test", "3",
-               "--size", "48", "48", "--seed", "3", "--kind", "polyp2d", "--runs", "1"], env)
+    res = cli([*DEMO, "-o", str(out)], env)
     assert res.stdout.count("finished before: skipped") == 2 and "already preprocessed" in res.stdout
+    assert "[figure]" not in res.stdout                                   # the figures are kept too
     assert len(command_lines(out, "nnUNetv2_train")) == before
 
     # a crash of the PM Dice job after its checkpoint: no train.ok, no predictions, no done.json
