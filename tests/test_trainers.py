@@ -208,7 +208,8 @@ def test_real_trainer_builds_pm_dice_with_plans_batch_dice_and_deep_supervision(
     assert isinstance(core, CompoundLoss) and isinstance(core.dice, PMDiceLoss)
     assert core.dice.batch_dice == ds.plans()["configurations"]["2d"]["batch_dice"]
     assert core.dice.gammas_for(2) == (1.0, 2.0) and core.dice.do_bg and core.dice.smooth == 1e-6
-    # one training step on a real batch: finite loss, gradients everywhere in the network
+    # one training step on a real batch (loaded in this process: no augmenter workers left behind): a finite loss
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     batch = next(iter(tr.get_dataloaders()[0]))
     out = tr.train_step(batch)
     assert np.isfinite(out["loss"])

@@ -23,6 +23,13 @@ of one shape (and of the trainers) are interleaved, one of each per round in a s
 CUDA from ``torch.cuda.max_memory_allocated`` minus the memory held before the call; CPU from
 PyTorch's memory profiler (``torch.profiler`` with ``profile_memory``): the peak of the running sum of
 the sizes of tensors created minus destroyed during one forward+backward, the input gradient included.
+
+CPU memory policy: with glibc's default settings a freed block above its (moving) mmap threshold goes back
+to the operating system, and the next allocation of that size pays a page fault per 4 KiB page; which calls
+meet this depends on what the call before freed, and it moved single rows by several times. On the CPU
+the benchmark therefore first makes glibc keep freed memory in the process (:func:`keep_freed_memory`),
+as PyTorch's CUDA caching allocator does on a GPU, so that the rows compare the losses' arithmetic;
+``--system-malloc`` keeps the defaults.
 """
 from __future__ import annotations
 
@@ -538,13 +545,36 @@ def write_outputs(rows: List[dict], train_rows: List[dict], out: Path, meta: dic
     write_csv(out / "loss_benchmark.csv", rows)
     write_json(out / "loss_benchmark.json", {"meta": meta, "losses": rows, "train_step": train_rows,
                                               "targets": targets or {}})
-    md = [markdown_table(rows)]
+    md = [f"{meta['device']}, torch {meta['torch']}" + (f"; {meta['malloc']}" if "malloc" in meta else ""), "",
+          markdown_table(rows)]
     for setting, summary in (targets or {}).items():
         md += ["", f"PM Dice against its targets ({setting}):", "", markdown_target_table(summary)]
     if train_rows:
         md += ["", markdown_training_table(train_rows)]
     write_text(out / "loss_benchmark.md", "\n".join(md) + "\n")
     plot_ratios(rows, out / "loss_benchmark.png", f"Loss cost on {meta['device']}")
+
+
+#: ``mallopt`` parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> Optional[str]:
+    """Makes glibc's malloc keep the memory this process frees, for the rest of the process.
+
+    Allocations up to 1 GiB come from the heap (``M_MMAP_THRESHOLD``) and the heap is not given back to the
+    operating system until 2 GiB of it are free (``M_TRIM_THRESHOLD``), so a repeated allocation reuses
+    memory that is already mapped instead of faulting new pages in. Returns the setting in words, or None
+    where the C library is not glibc (nothing is changed there).
+    """
+    import ctypes
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None or not (mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)):
+        return None
+    return "glibc malloc keeps freed memory (mmap threshold 1 GiB, trim threshold 2 GiB)"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -564,6 +594,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-train-step", action="store_true", help="skip the full training-iteration comparison")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="loss_benchmark", help="folder for the table, CSV, JSON and plot")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="on the CPU, keep glibc's default malloc settings instead of keeping freed memory in the "
+                        "process (timings then include page faults that depend on the order of allocations)")
 
 
 def run(args) -> int:
@@ -581,6 +614,10 @@ def run(args) -> int:
     meta = dict(device=str(torch.cuda.get_device_name(device)) if device.type == "cuda"
                 else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                 torch=torch.__version__, repeat=args.repeat, warmup=args.warmup)
+    if device.type == "cpu":
+        meta["malloc"] = ("system defaults (--system-malloc)" if args.system_malloc
+                          else keep_freed_memory() or "system defaults (not glibc)")
+        print(f"CPU memory: {meta['malloc']}")
     all_rows, targets = [], {}
     for label, dtype, comp in settings:
         rows = run_loss_benchmark(shapes, ds, cases, device, args.warmup, args.repeat, dtype, comp,
