@@ -71,8 +71,9 @@ def test_keep_freed_memory_makes_repeated_loss_calls_reuse_mapped_pages():
         assert res.returncode == 0, res.stderr[-2000:]
         faults[mode] = int(res.stdout.split()[-1])
     # glibc's defaults map each block over 32 MiB afresh at every call (one fault per 4 KiB page touched; fewer
-    # with huge pages); kept memory is already mapped after the warm-up calls
-    assert faults["keep"] < 1000 and faults["keep"] * 4 < faults["system"], faults
+    # with huge pages); kept memory is mapped after the warm-up calls (three calls then fault in fewer pages
+    # than one 32 MiB tensor has: 8192)
+    assert faults["keep"] < 8192 and faults["keep"] * 4 < faults["system"], faults
 
 
 def test_median_seconds_calls_warmup_then_repeat_times():
