@@ -566,14 +566,19 @@ def keep_freed_memory() -> Optional[str]:
     operating system until 2 GiB of it are free (``M_TRIM_THRESHOLD``), so a repeated allocation reuses
     memory that is already mapped instead of faulting new pages in. Returns the setting in words, or None
     where the C library is not glibc (nothing is changed there).
+
+    Raises:
+        RuntimeError: glibc refused a setting (the allocator would then be in neither state).
     """
     import ctypes
     import platform
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None or not (mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)):
-        return None
+    mallopt = ctypes.CDLL(None).mallopt
+    for name, param, value in (("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, 1 << 30),
+                               ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, 2 ** 31 - 1)):
+        if mallopt(param, value) != 1:  # mallopt returns 1 on success
+            raise RuntimeError(f"glibc's mallopt refused {name} = {value}; run bench-loss with --system-malloc")
     return "glibc malloc keeps freed memory (mmap threshold 1 GiB, trim threshold 2 GiB)"
 
 
