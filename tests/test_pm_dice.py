@@ -127,6 +127,9 @@ OPTIONS = [
     dict(gamma=[0.0, 1.0, 5.0], do_bg=False),
     dict(gamma=1.5, squared=False, batch_dice=True),
     dict(gamma=3.0, smooth=1e-3),
+    dict(gamma=0.0),
+    dict(gamma=0.0, squared=False, batch_dice=True),
+    dict(gamma=1.0, squared=False),
 ]
 
 
@@ -313,11 +316,13 @@ def test_gradcheck_ce_map_shared_softmax(C):
     assert torch.autograd.gradcheck(lambda inp: loss(inp, t), (x,), eps=1e-6, atol=1e-6)
 
 
-def test_double_backward_with_retain_graph_is_consistent():
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_double_backward_with_retain_graph_is_consistent(gamma):
+    """A second backward rebuilds the buffer the first one consumed (the gamma-0 path has none in forward)."""
     torch.manual_seed(8)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     t = torch.randint(0, 3, (2, 1, 8, 8))
-    loss = PMDiceLoss(gamma=2.0)(x, t)
+    loss = PMDiceLoss(gamma=gamma)(x, t)
     g1, = torch.autograd.grad(loss, x, retain_graph=True)
     g2, = torch.autograd.grad(loss, x)
     torch.testing.assert_close(g1, g2)

@@ -17,11 +17,12 @@ Why the label-map path looks the way it does (memory traffic is what costs, on C
 - no one-hot tensor is built: for a label map, y is 1 at exactly one channel per pixel, so the
   label-channel terms are gathered ((B, 1, *spatial), 1/C of the full size) and the rest of the
   channels see y = 0, where m = p**gamma and the denominator term is p**(gamma + 2);
-- the label positions of the softmax output are zeroed in place before the big reduction, so the
-  non-label sum is taken directly. Subtracting the label terms from a sum over everything would
-  cancel catastrophically in float32 once the background is predicted with confidence;
-- backward reuses the forward's p**(gamma + 2) tensor as its one full-size buffer and takes the
-  softmax backward in place in it (see ``LabelMapPMDiceSums``);
+- the denominator is one sum over a full-size tensor holding p**(gamma + 2) at the non-label channels and
+  the label channel's own term written over it with one scatter (for gamma 0 no tensor at all: the
+  sum of p**2 over every pixel plus the label count). Subtracting the label terms from a sum over
+  everything would cancel catastrophically in float32 once the background is predicted with confidence;
+- backward reuses that tensor as its one full-size buffer and takes the softmax backward in place in
+  it (see ``LabelMapPMDiceSums``);
 - with a CE map requested, log-softmax is computed once and exponentiated in place, so CE and Dice
   share one pass over the logits;
 - with two channels (``TwoClassPMDiceSums``) the softmax is a sigmoid of the logit difference and every
@@ -83,9 +84,8 @@ def sqrt(t: torch.Tensor) -> torch.Tensor:
     """``t ** 0.5`` for t >= 0 as a new tensor.
 
     On the CPU as ``1 / rsqrt(t)``: PyTorch's vectorised CPU ``sqrt`` (and ``pow(t, 0.5)``) takes a slow
-    path on zeros, about 4x the time of the whole pass when a quarter of the elements are 0, which is
-    what the label-map kernel's zeroed label positions are; ``rsqrt`` does not, and ``1 / rsqrt(0) =
-    1 / inf = 0`` exactly. Relative error about 1e-7 (two roundings). Elsewhere ``torch.sqrt``.
+    path on zeros, about 4x the time of the whole pass when a quarter of the elements are 0 (ignored
+    pixels, underflowed probabilities); ``rsqrt`` does not, and ``1 / rsqrt(0) = 1 / inf = 0`` exactly. Relative error about 1e-7 (two roundings). Elsewhere ``torch.sqrt``.
 
     Example:
         >>> import torch
@@ -169,10 +169,6 @@ def sum_pow(t: torch.Tensor, e: float, dims: Sequence[int]) -> torch.Tensor:
     return powf(t, e).sum(dims)
 
 
-def _zeros_like_expanded(t: torch.Tensor) -> torch.Tensor:
-    return torch.zeros((1,) * t.ndim, dtype=t.dtype, device=t.device).expand_as(t)
-
-
 def _ce_output(ctx, ce: Optional[torch.Tensor], dtype, device) -> torch.Tensor:
     """The CE-map output of a label-map function: the map, or a non-differentiable 0 when none was asked."""
     if ce is None:
@@ -189,9 +185,10 @@ class LabelMapPMDiceSums(torch.autograd.Function):
     G_c = k_c * p_c**(gamma_c + o - 1) with k_c = 2 * d(loss)/d(denom_c) (1 * ... for the linear
     denominator, o = 2 or 1), so p_c * G_c = k_c * p_c**(gamma_c + o): the very tensor the forward
     raised to that power for the denominator. The softmax backward dx = p * (G - s), s = sum_c p_c G_c,
-    is then taken in place in that buffer: D = k * P, s = sum_c D + p_t G_t, D -= p * s, and the label
-    channel is written with one scatter. The CE map's gradient, g_ce * (p - onehot), joins the same
-    two steps. One full-size buffer besides the saved softmax output, no one-hot, no copy of p.
+    is then taken in place in that buffer: D = k * P, the label channel's p_t G_t written into it with
+    one scatter, then D -= p * sum_c D. The CE map's gradient, g_ce * (p - onehot), joins as -g_ce in
+    the scattered label term. One full-size buffer besides the saved softmax output, no one-hot, no
+    copy of p.
     """
 
     @staticmethod
@@ -218,43 +215,45 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 if ce is not None:
                     ce.mul_(vmask)
             p_t = p.gather(1, labels)
-            # (scatter_ with a scalar value takes a slow path on CPU, ~5x slower than a source tensor)
-            p.scatter_(1, labels, _zeros_like_expanded(p_t))
-
             groups = _groups_of(gammas)
             offset = 2.0 if squared else 1.0
-            denom = torch.empty((B, C), dtype=cdt, device=p.device)
-            powered = _powered(p, groups, offset)
-            for c0, c1, g in groups:
-                if powered is None:
-                    denom[:, c0:c1] = sum_pow(p[:, c0:c1], g + offset, dims)
-                else:
-                    denom[:, c0:c1] = powered[:, c0:c1].sum(dims)
+            # gamma 0 everywhere: m = 1 (the mask where there is one), so the denominator is the sum of
+            # p**offset over every pixel plus the label count, and no label-channel term needs replacing
+            plain = len(groups) == 1 and groups[0][2] == 0.0
+            m_t = None if plain else _modulation_at_labels(p_t, groups, labels, vmask)
+            inter_px = p_t if plain else m_t * p_t
 
-            m_t = _modulation_at_labels(p_t, groups, labels, vmask)
-            inter_px = m_t * p_t
             # per-class sums of the label-channel terms: scatter_add into (rows, C), rows summed after
             R = B * (lab_rows := _scatter_rows(labels[0].numel(), p.device))
             lab = labels.reshape(R, -1)
             zeros = torch.zeros((R, C), dtype=cdt, device=p.device)
-            inter_sum = zeros.scatter_add(1, lab, inter_px.view(R, -1))
-            # m_t is kept for backward where recomputing it costs powers and blends (1/C of the logits' size);
-            # then the denominator term m_t (1 + p_t**2) is built in inter_px's buffer, else in m_t's (for
-            # gamma 0 and 1 backward applies m_t for free)
-            keep_m = not (len(groups) == 1 and groups[0][2] in (0.0, 1.0))
-            if keep_m:
-                den_px = inter_px.mul_(p_t).add_(m_t) if squared else inter_px.add_(m_t)
+            counted = (vmask.view(R, -1) if vmask is not None else
+                       torch.ones((1, 1), dtype=cdt, device=p.device).expand(R, lab.shape[1]))
+            sums = torch.stack([zeros.scatter_add(1, lab, inter_px.view(R, -1)),
+                                zeros.scatter_add(1, lab, counted)]).view(2, B, lab_rows, C).sum(2)
+            intersect, gt_sum = sums[0], sums[1]
+            if plain:
+                powered = None
+                denom = sum_pow(p, offset, dims).add_(gt_sum)
             else:
-                den_px = m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px)
-                m_t = None
+                # p**(gamma + offset) at every position, then the label channel's own denominator term
+                # written over it: one sum gives the denominator, and the label-channel terms are never
+                # subtracted from a sum over everything (that would cancel catastrophically in float32
+                # once the background is predicted with confidence)
+                powered = _powered(p, groups, offset, force=True)
+                # m_t is kept for backward where recomputing it costs powers and blends (1/C of the
+                # logits' size); then the term m_t (1 + p_t**2) is built in inter_px's buffer, else in
+                # m_t's (for gamma 1 backward applies m_t for free)
+                keep_m = not (len(groups) == 1 and groups[0][2] == 1.0)
+                if keep_m:
+                    den_px = inter_px.mul_(p_t).add_(m_t) if squared else inter_px.add_(m_t)
+                else:
+                    den_px = m_t.addcmul_(inter_px, p_t) if squared else m_t.add_(inter_px)
+                    m_t = None
+                powered.scatter_(1, labels, den_px)
+                del den_px
+                denom = powered.sum(dims)
             del inter_px
-            sums = torch.stack([inter_sum, zeros.scatter_add(1, lab, den_px.view(R, -1)),
-                                zeros.scatter_add(1, lab, vmask.view(R, -1)) if vmask is not None else
-                                zeros.scatter_add(1, lab, torch.ones((1, 1), dtype=cdt, device=p.device)
-                                                  .expand(R, lab.shape[1]))]).view(3, B, lab_rows, C).sum(2)
-            del den_px
-            intersect, gt_sum = sums[0], sums[2]
-            denom.add_(sums[1])
 
         ctx.mark_non_differentiable(gt_sum)
         ctx.save_for_backward(labels, p, p_t, vmask, m_t)
@@ -278,7 +277,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             k = g_denom * 2.0 if squared else g_denom
             offset = 2.0 if squared else 1.0
 
-            # D = k * p**(gamma + offset) at the non-label channels (0 at the label channel, where p = 0)
+            # D = k * p**(gamma + offset) = p * G at the non-label channels; the label channel is written below
             D, ctx.powered = ctx.powered, None
             if D is None:
                 D = _powered(p, groups, offset, force=True)
@@ -293,20 +292,17 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 G_t.mul_(m_t)  # zero at ignored pixels already
             else:
                 _modulate_(G_t, p_t, groups, labels, vmask)
-            # w = -s (+ the CE gradient), s = sum_c p_c G_c; written into gd's buffer
-            w = torch.sum(D, 1, keepdim=True, out=gd).addcmul_(p_t, G_t).neg_()
-            del gi, gd
-            gce = None
+            # D_t = p_t G_t, minus the CE map's g_ce: its gradient g_ce (p - onehot) then comes out of the
+            # softmax backward below with no separate term
+            D_t = G_t.mul_(p_t)
             if with_ce and g_ce is not None:
                 gce = g_ce.to(p.dtype)
-                if vmask is not None:
-                    gce = gce * vmask
-                w.add_(gce)
+                D_t.sub_(gce if vmask is None else gce * vmask)
+            D.scatter_(1, labels, D_t)
+            del gi, G_t, D_t
+            # dx = p * (G - s), s = sum_c p_c G_c, as D - p * sum_c D_c
+            w = torch.sum(D, 1, keepdim=True, out=gd).neg_()
             D.addcmul_(p, w)
-            dx_t = G_t.add_(w).mul_(p_t)
-            if gce is not None:
-                dx_t.sub_(gce)
-            D.scatter_(1, labels, dx_t)
         return D.to(in_dtype), None, None, None, None, None
 
 
