@@ -263,6 +263,10 @@ STOP_GRADIENT_CASES = [
     dict(shape=(2, 3, 3, 4, 3), kw=dict(gamma=[2.0, 0.5, 1.0], batch_dice=True), masked=False),
     dict(shape=(2, 2, 4, 4), kw=dict(gamma=2.0, gamma_bg=1.0, squared=False, do_bg=False), masked=False),
     dict(shape=(2, 3, 4, 5), kw=dict(gamma=1.5, nonlin="sigmoid"), masked=True),
+    # nnU-Net's region targets are bool (the dense kernel's y**2 = y shortcut)
+    dict(shape=(2, 3, 4, 5), kw=dict(gamma=1.5, nonlin="sigmoid"), masked=True, bool_target=True),
+    dict(shape=(2, 3, 3, 4, 3), kw=dict(gamma=[0.0, 2.0, 5.0], nonlin="sigmoid", squared=False, batch_dice=True),
+         masked=False, bool_target=True),
 ]
 
 
@@ -271,7 +275,8 @@ def _case_inputs(case, seed=6):
     B, C, *sp = case["shape"]
     x = torch.randn(B, C, *sp, dtype=torch.float64, requires_grad=True)
     if case["kw"].get("nonlin") == "sigmoid":
-        t = (torch.rand(B, C, *sp) > 0.5).double()
+        t = torch.rand(B, C, *sp) > 0.5
+        t = t if case.get("bool_target") else t.double()
     else:
         t = torch.randint(0, C, (B, 1, *sp))
     mask = (torch.rand(B, 1, *sp) > 0.3).double() if case["masked"] else None
