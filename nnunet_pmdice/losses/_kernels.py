@@ -258,9 +258,10 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             zeros = torch.zeros((R, C), dtype=cdt, device=p.device)
             counted = (vmask.view(R, -1) if vmask is not None else
                        torch.ones((1, 1), dtype=cdt, device=p.device).expand(R, lab.shape[1]))
-            sums = torch.stack([zeros.scatter_add(1, lab, inter_px.view(R, -1)),
-                                zeros.scatter_add(1, lab, counted)]).view(2, B, lab_rows, C).sum(2)
-            intersect, gt_sum = sums[0], sums[1]
+            intersect = zeros.scatter_add(1, lab, inter_px.view(R, -1))
+            gt_sum = zeros.scatter_add(1, lab, counted)
+            if lab_rows > 1:
+                intersect, gt_sum = torch.stack([intersect, gt_sum]).view(2, B, lab_rows, C).sum(2).unbind(0)
             if plain:
                 powered = None
                 denom = sum_pow(p, offset, dims).add_(gt_sum)

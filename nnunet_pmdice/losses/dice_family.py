@@ -191,11 +191,10 @@ class DiceFamilyLoss(nn.Module):
                 gt = AllGatherGrad.apply(gt).sum(0)
         dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
         # Mean over present (sample, class) pairs without boolean indexing: no host sync and no
-        # data-dependent shape, so the loss also traces cleanly under torch.compile.
+        # data-dependent shape, so the loss also traces cleanly under torch.compile. With no present pair
+        # every weight is 0, so the value is 0 with a (zero) gradient attached.
         present = (gt > 0).to(dice.dtype)
-        n_present = present.sum()
-        mean_loss = (self.pair_loss(dice) * present).sum() / n_present.clamp_min(1.0)
-        return torch.where(n_present > 0, mean_loss, dice.sum() * 0.0)
+        return torch.dot(self.pair_loss(dice).flatten(), present.flatten()) / present.sum().clamp_min(1.0)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
