@@ -89,7 +89,8 @@ def sqrt(t: torch.Tensor) -> torch.Tensor:
 
     On the CPU as ``1 / rsqrt(t)``: PyTorch's vectorised CPU ``sqrt`` (and ``pow(t, 0.5)``) takes a slow
     path on zeros, about 4x the time of the whole pass when a quarter of the elements are 0 (ignored
-    pixels, underflowed probabilities); ``rsqrt`` does not, and ``1 / rsqrt(0) = 1 / inf = 0`` exactly. Relative error about 1e-7 (two roundings). Elsewhere ``torch.sqrt``.
+    pixels, underflowed probabilities); ``rsqrt`` does not, and ``1 / rsqrt(0) = 1 / inf = 0`` exactly.
+    Relative error about 1e-7 (two roundings). Elsewhere ``torch.sqrt``.
 
     Example:
         >>> import torch
@@ -270,7 +271,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 # written over it: one sum gives the denominator, and the label-channel terms are never
                 # subtracted from a sum over everything (that would cancel catastrophically in float32
                 # once the background is predicted with confidence)
-                powered = _powered(p, groups, offset, force=True)
+                powered = _powered(p, groups, offset)
                 # m_t is kept for backward where recomputing it costs powers and blends (1/C of the
                 # logits' size); then the term m_t (1 + p_t**2) is built in inter_px's buffer, else in
                 # m_t's (for gamma 1 backward applies m_t for free)
@@ -310,7 +311,7 @@ class LabelMapPMDiceSums(torch.autograd.Function):
             # D = k * p**(gamma + offset) = p * G at the non-label channels; the label channel is written below
             D, ctx.powered = ctx.powered, None
             if D is None:
-                D = _powered(p, groups, offset, force=True)
+                D = _powered(p, groups, offset)
             D.mul_(k.reshape(B, C, *([1] * (p.ndim - 2))))
 
             # label channel: d intersect / d p = m, d denom / d p = 2 m p (squared) or m
@@ -499,11 +500,8 @@ def _scatter_rows(n: int, device: torch.device) -> int:
     return 1
 
 
-def _powered(p: torch.Tensor, groups: Groups, offset: float, force: bool = False) -> Optional[torch.Tensor]:
-    """p**(gamma_group + offset) per channel group as one tensor, or None where every exponent is 1 or 2
-    (their sums need no temporary and backward builds the tensor itself) unless ``force``."""
-    if not force and all(g + offset in (1.0, 2.0) for _, _, g in groups):
-        return None
+def _powered(p: torch.Tensor, groups: Groups, offset: float) -> torch.Tensor:
+    """p**(gamma_group + offset) per channel group as one new tensor."""
     if len(groups) == 1:
         return powf(p, groups[0][2] + offset)
     out = torch.empty_like(p)
@@ -535,7 +533,8 @@ def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tenso
         last = len(groups) - 1
         for i, (c0, _c1, g) in enumerate(groups[1:], 1):  # contiguous groups in channel order: later ones override
             _pow_into(m_g, q, float(g))
-            # the last weight is written over the float label map itself (not read after it), the others into one buffer
+            # the last weight is written over the float label map itself (not read after it), the others
+            # into one buffer
             w = t if i == last else torch.sub(t, c0 - 1.0, out=torch.empty_like(q) if i == 1 else w)
             if i == last:
                 t.sub_(c0 - 1.0)
