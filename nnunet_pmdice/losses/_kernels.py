@@ -530,14 +530,16 @@ def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tenso
         m_t = powf(q, g)
         m_g = torch.empty_like(q)
         t = labels.to(q.dtype)
+        w = None
         last = len(groups) - 1
         for i, (c0, _c1, g) in enumerate(groups[1:], 1):  # contiguous groups in channel order: later ones override
             _pow_into(m_g, q, float(g))
             # the last weight is written over the float label map itself (not read after it), the others
             # into one buffer
-            w = t if i == last else torch.sub(t, c0 - 1.0, out=torch.empty_like(q) if i == 1 else w)
             if i == last:
-                t.sub_(c0 - 1.0)
+                w = t.sub_(c0 - 1.0)
+            else:
+                w = torch.sub(t, c0 - 1.0, out=torch.empty_like(q) if w is None else w)
             m_t.lerp_(m_g, w.clamp_(0.0, 1.0))
         del q, m_g, t, w
     if vmask is not None:
