@@ -36,7 +36,7 @@ logits' dtype, because fp16 sums overflow under autocast.
 from __future__ import annotations
 
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -188,17 +188,6 @@ def powf(t: torch.Tensor, e: float) -> torch.Tensor:
     return t.pow(e)
 
 
-def sum_pow(t: torch.Tensor, e: float, dims: Sequence[int]) -> torch.Tensor:
-    """``(t ** e).sum(dims)`` for t >= 0, without materialising ``t ** e`` where that can be avoided."""
-    if e == 1:
-        return t.sum(dims)
-    if e == 2:
-        return torch.linalg.vector_norm(t, 2, dim=dims).square()
-    if e == 4:
-        return torch.linalg.vector_norm(t * t, 2, dim=dims).square()
-    return powf(t, e).sum(dims)
-
-
 def _ce_output(ctx, ce: Optional[torch.Tensor], dtype, device) -> torch.Tensor:
     """The CE-map output of a label-map function: the map, or a non-differentiable 0 when none was asked."""
     if ce is None:
@@ -265,7 +254,8 @@ class LabelMapPMDiceSums(torch.autograd.Function):
                 intersect, gt_sum = torch.stack([intersect, gt_sum]).view(2, B, lab_rows, C).sum(2).unbind(0)
             if plain:
                 powered = None
-                denom = sum_pow(p, offset, dims).add_(gt_sum)
+                # (the sum of squares as a squared norm: no p**2 tensor)
+                denom = (torch.linalg.vector_norm(p, 2, dim=dims).square() if squared else p.sum(dims)).add_(gt_sum)
             else:
                 # p**(gamma + offset) at every position, then the label channel's own denominator term
                 # written over it: one sum gives the denominator, and the label-channel terms are never
