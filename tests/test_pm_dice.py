@@ -321,13 +321,17 @@ def test_gradcheck_ce_map_shared_softmax(C):
     assert torch.autograd.gradcheck(lambda inp: loss(inp, t), (x,), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
-def test_double_backward_with_retain_graph_is_consistent(gamma):
-    """A second backward rebuilds the buffer the first one consumed (the gamma-0 path has none in forward)."""
+@pytest.mark.parametrize("kw", [dict(gamma=0.0), dict(gamma=1.0), dict(gamma=2.0), dict(gamma=2.0, gamma_bg=1.0),
+                                dict(gamma=1.0, gamma_bg=2.0)])
+@pytest.mark.parametrize("C", [2, 3])
+def test_double_backward_with_retain_graph_is_consistent(kw, C):
+    """A second backward rebuilds the buffer the first one consumed (the gamma-0 path has none in forward),
+    and the first leaves the saved tensors unchanged (the two-class kernel reads its saved e in place of
+    e**1)."""
     torch.manual_seed(8)
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    t = torch.randint(0, 3, (2, 1, 8, 8))
-    loss = PMDiceLoss(gamma=gamma)(x, t)
+    x = torch.randn(2, C, 8, 8, requires_grad=True)
+    t = torch.randint(0, C, (2, 1, 8, 8))
+    loss = PMDiceLoss(**kw)(x, t)
     g1, = torch.autograd.grad(loss, x, retain_graph=True)
     g2, = torch.autograd.grad(loss, x)
     torch.testing.assert_close(g1, g2)

@@ -357,9 +357,10 @@ class TwoClassPMDiceSums(torch.autograd.Function):
             x0, x1 = x[:, 0:1], x[:, 1:2]
             s = x1 - x0                                    # (B, 1, *spatial): z for class 1
             # As torch.softmax: a pixel whose larger logit is +inf or NaN gets NaN, not the limit (x1 - x0
-            # alone would turn x1 = +inf into p = 1 where the general kernel gives NaN). max * 0 is exactly
-            # 0 for finite logits, so finite input keeps bit-identical values.
-            s.add_(torch.maximum(x0, x1).mul_(0.0))
+            # alone would turn x1 = +inf into p = 1 where the general kernel gives NaN). max * 0 (the add's
+            # alpha 0: one pass, no product tensor) is exactly 0 for finite logits, so finite input keeps
+            # bit-identical values.
+            s.add_(torch.maximum(x0, x1), alpha=0.0)
             del x, x0, x1
             n = s[0].numel()
             # y rows: [y_0, y_1] (times the mask), the right-hand side of the sums' matrix product
@@ -385,14 +386,14 @@ class TwoClassPMDiceSums(torch.autograd.Function):
                 # e**gamma in other_r's own row (no temporary): it becomes m_o e**2 there last
                 m_t = m_o = ef if g0 == 1.0 else _pow_into(other_r, ef, g0)
             else:  # m_t = e**gamma_t, m_o = e**gamma_o: both powers, then swapped where y = 1
-                # as E_0 y_0 + E_1 y_1 and E_1 y_0 + E_0 y_1: exact for 0/1 labels; masked pixels (y = 0
-                # in Y) get 0 and add nothing
-                y0, y1f = Y[:, 0], Y[:, 1]
-                _pow_into(inter_r, ef, g0)
-                _pow_into(other_r, ef, g1)
-                m_t = torch.mul(inter_r, y0, out=den_r).addcmul_(other_r, y1f)
-                m_o = other_r.mul_(y0).addcmul_(inter_r, y1f)
-                del y0, y1f
+                # as lerp(E_0, E_1, y_1) and lerp(E_1, E_0, y_1): one pass each, exact for 0/1 weights;
+                # masked pixels (y = 0 in Y) take E_0, E_1 and add nothing to the sums
+                y1f = Y[:, 1]
+                E0 = ef if g0 == 1.0 else _pow_into(inter_r, ef, g0)
+                E1 = _pow_into(other_r, ef, g1)
+                m_t = torch.lerp(E0, E1, y1f, out=den_r)
+                m_o = torch.lerp(E1, E0, y1f, out=other_r)  # elementwise: other_r may be read and written
+                del y1f, E0, E1
             torch.addcmul(m_t, m_t, ef, value=-1.0, out=inter_r)            # m_t (1 - e) = m_t p_t
             if m_t is den_r:                                                 # m_t (1 + p_t)
                 den_r.add_(inter_r)
@@ -442,7 +443,7 @@ class TwoClassPMDiceSums(torch.autograd.Function):
                 # G = alpha_t - (k0 + k1) r; channel 0 gets -sigma G e**(gamma + 1) p_t, sigma = 2 y - 1
                 H = d0
                 if squared:
-                    torch.mul(e, -(k0 + k1), out=H).add_(a0)
+                    torch.addcmul(a0, e, -(k0 + k1), out=H)
                 else:
                     H.copy_((a0 - k0 - k1).expand_as(H))
                 H.addcmul_(y, a1 - a0)                       # G
@@ -454,16 +455,18 @@ class TwoClassPMDiceSums(torch.autograd.Function):
                 else:
                     H.mul_(e)
             else:
-                # channel 1 gets e p_t (y (P - 2 r K) - alpha_0 E_0 + r K), P = sum_c alpha_c E_c,
-                # K = sum_c kappa_c E_c, E_c = e**gamma_c
+                # channel 1 gets sigma G e p_t with G = alpha_t E_t - r K, K = sum_c kappa_c E_c,
+                # E_c = e**gamma_c: r K - alpha_0 E_0 where y = 0, alpha_1 E_1 - r K where y = 1, taken
+                # as a lerp with the 0/1 label as weight (exact)
                 H = d1
-                E0, E1 = _pow_into(d0, e, g0), powf(e, g1)  # E0 in d0, free until the last step
-                torch.mul(E0, k0, out=H).addcmul_(E1, k1)    # K
+                E0 = e if g0 == 1.0 else _pow_into(d1, e, g0)  # in d1 until it is read the last time
+                E1 = powf(e, g1)
+                rK = torch.mul(E0, k0, out=d0).addcmul_(E1, k1)  # d0: free until the last step
                 if squared:
-                    H.mul_(e)                                # r K
-                E1.mul_(a1).addcmul_(E0, a0).sub_(H, alpha=2.0)
-                H.sub_(E0.mul_(a0)).addcmul_(y, E1).mul_(e)
-                del E0, E1
+                    rK.mul_(e)
+                torch.addcmul(rK, E0, a0, value=-1.0, out=H)  # elementwise: H may be E0's own buffer
+                H.lerp_(E1.mul_(a1).sub_(rK), y).mul_(e)
+                del E0, E1, rK
             H.addcmul_(H, e, value=-1.0)                     # * p_t = 1 - e
             if with_ce and g_ce is not None:
                 # d(-log p_t)/dz = -e: channel 1 gets -sigma g_ce e, channel 0 +sigma g_ce e
@@ -517,7 +520,9 @@ def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tenso
     if len(groups) == 1:
         m_t = q if g == 1.0 else powf(q, g)
     else:
-        m_t = powf(q, g)
+        # (two groups and gamma 1 first, as gamma_bg 1: q itself, read by the one power below before the
+        # lerp writes it)
+        m_t = q if (g == 1.0 and len(groups) == 2) else powf(q, g)
         m_g = torch.empty_like(q)
         t = labels.to(q.dtype)
         w = None
@@ -527,7 +532,7 @@ def _modulation_at_labels(p_t: torch.Tensor, groups: Groups, labels: torch.Tenso
             # the last weight is written over the float label map itself (not read after it), the others
             # into one buffer
             if i == last:
-                w = t.sub_(c0 - 1.0)
+                w = t if c0 == 1 else t.sub_(c0 - 1.0)  # (gamma_bg: the weight is clamp(t, 0, 1))
             else:
                 w = torch.sub(t, c0 - 1.0, out=torch.empty_like(q) if w is None else w)
             m_t.lerp_(m_g, w.clamp_(0.0, 1.0))
